@@ -1,0 +1,123 @@
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, or the offline ``tiny`` model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from pipelines.tiny import SCHEDULER_CONFIG, tiny_model_dir
+from pipelines.tokenizer import check_tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names it and says how to get it."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one given, else cuda > mps > cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
+    """The dtype to run in: the one given (a torch dtype or "fp16"/"bf16"/"fp32"/"fp64"), else
+    float16 on CUDA and float32 elsewhere."""
+    if isinstance(dtype, str):
+        names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+                 "fp64": torch.float64, "float64": torch.float64}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}: use one of fp16, bf16, fp32, fp64")
+        return names[dtype]
+    if dtype is not None:
+        return dtype
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def ddim_scheduler(config: dict) -> DDIMScheduler:
+    """SPEC.md's DDIM scheduler, keeping the model's own ``prediction_type`` (v for SD 2.x 768)."""
+    return DDIMScheduler(**SCHEDULER_CONFIG, prediction_type=config.get("prediction_type", "epsilon"))
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, what: str) -> StableDiffusionPipeline:
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as exc:  # huggingface_hub / OSError / ValueError: all mean "not loadable"
+        hint = (
+            f"Download it first (`huggingface-cli download {source}` on a machine with network "
+            "access, with HF_HUB_OFFLINE unset), or pass a local diffusers folder, or 'tiny' for the "
+            "offline test model."
+            if what == "hub id"
+            else "Point --model at a folder written by `save_pretrained` (it has model_index.json, "
+            "unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
+        )
+        raise ModelLoadError(f"could not load the Stable Diffusion model {what} '{source}': "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. {hint}") from None
+
+
+def load_pipeline(
+    model: str | Path = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> StableDiffusionPipeline:
+    """Load a Stable Diffusion pipeline ready for inversion and editing.
+
+    Args:
+        model: a hub id (v1.4, v1.5, 2.x), a local diffusers folder, or "tiny" (offline test model).
+        device: where to run; default cuda > mps > cpu.
+        dtype: default float16 on CUDA, float32 elsewhere.
+
+    Returns:
+        A StableDiffusionPipeline with SPEC.md's DDIM scheduler and no safety checker, in eval mode.
+
+    Raises:
+        ModelLoadError: the model is not in the local cache (offline), not on the hub, or the folder
+            is not a diffusers model.
+    """
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    name = str(model)
+    if name == "tiny":
+        pipe = _from_pretrained(str(tiny_model_dir()), dtype, "folder")
+    elif Path(name).expanduser().exists():
+        folder = Path(name).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"'{folder}' is not a diffusers model folder: it has no model_index.json. Convert a "
+                "single-file checkpoint with `StableDiffusionPipeline.from_single_file(...)."
+                "save_pretrained(folder)`, or download one with `huggingface-cli download`."
+            )
+        pipe = _from_pretrained(str(folder), dtype, "folder")
+    else:
+        pipe = _from_pretrained(name, dtype, "hub id")
+    try:
+        check_tokenizer(pipe.tokenizer, name)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    pipe.scheduler = ddim_scheduler(dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.eval()
+    pipe.vae.eval()
+    pipe.text_encoder.eval()
+    pipe = pipe.to(device)
+    log.info("loaded %s on %s in %s", name, device, dtype)
+    return pipe
+
+
+def image_size(pipe: StableDiffusionPipeline) -> int:
+    """The model's native image size in pixels: UNet sample size × VAE downsampling factor."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -1,0 +1,128 @@
+"""A tiny Stable-Diffusion-shaped pipeline, built offline from configs with seeded random weights.
+
+It has SD v1's structure at a fraction of the size: a UNet with cross-attention in its down, mid
+and up blocks at two resolutions (16×16 and 8×8 latents), a VAE that downsamples by 8 (128 px
+images), a CLIP text encoder, and SD's real 49,408-token tokenizer. Its images are noise, but every
+algorithm runs on it in seconds, which is what the tests need.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from pipelines.tokenizer import build_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Bump when anything below changes, so that a stale cached build is never reused.
+TINY_VERSION = "tiny-sd-v1"
+CACHE_ENV = "PROMPTEDIT_CACHE_DIR"
+SEED = 0
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=2,
+    norm_num_groups=8,
+)
+VAE_CONFIG = dict(
+    sample_size=128,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    scaling_factor=0.18215,
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+def build_tiny_pipeline() -> StableDiffusionPipeline:
+    """Build the tiny pipeline in memory; bit-identical on every call (seeded weights).
+
+    Returns a float32 StableDiffusionPipeline on the CPU with no safety checker.
+    """
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(SEED + 1)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(SEED + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=build_clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def cache_root() -> Path:
+    """The project's cache folder: ``$PROMPTEDIT_CACHE_DIR``, else ``~/.cache/promptedit``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "promptedit"
+
+
+def tiny_model_dir() -> Path:
+    """Return the folder holding the saved tiny pipeline, building it there on first use.
+
+    The build is written to a temporary folder and renamed into place, so concurrent processes
+    (accelerate workers) never see a half-written model.
+    """
+    target = cache_root() / TINY_VERSION
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the tiny test model in %s", target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=target.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with everything the project and its tests need, then edit
+# the bundled sample photo with the tiny offline model. Safe to run again.
+#
+#   PYTHON=python3.12 bash setup.sh    # pick the interpreter (3.10+)
+#   VENV=/path/to/venv bash setup.sh   # pick where the environment goes
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+VPY="$VENV/bin/python"
+
+# torch first, so that the project's plain `torch` requirement is already met and pip never pulls
+# gigabytes of CUDA packages onto a machine without a GPU.
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "$VPY" -m pip install "torch>=2.13"                     # CUDA build from PyPI
+  elif ! "$VPY" -m pip install -q --no-index "torch==2.13.0" 2>/dev/null; then  # a local wheel (pip find-links)
+    "$VPY" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+"$VPY" -m pip install -q -e ".[test]"
+"$VPY" -m pip check
+
+"$VPY" -c "
+from pipelines.models import load_pipeline, image_size
+pipe = load_pipeline('tiny')
+print('set-up OK: tiny model loads, native size', image_size(pipe), 'px')
+"

@@ -1,0 +1,211 @@
+"""``edit``: turn an ``EditSpec`` into a controller and run the sampler for all prompts at once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from editing.align import refinement_mapper, replacement_mapper, word_token_indices
+from editing.controllers import (
+    AttentionStore,
+    LocalBlend,
+    PromptToPromptController,
+    default_blend_side,
+    refine_edit,
+    reweight_edit,
+    replace_edit,
+)
+from editing.sampler import denoise
+from editing.spec import EditSpec, EditSpecError
+from pipelines.codec import PromptError, check_prompt, decode_latents, encode_text
+
+log = logging.getLogger(__name__)
+L = 77
+
+
+@dataclass
+class EditResult:
+    """What ``edit`` returns.
+
+    Attributes:
+        images: one PIL image per prompt, the source (reconstruction) first.
+        latents: final latents [B, 4, h, w].
+        attention: cross-attention maps averaged over steps, heads and the down/up layers at
+            ``attention_side``: [B, side, side, 77]; None unless asked for.
+        tokens: each prompt's token strings (start and end tokens included).
+        seconds: wall time of the denoising loop and of decoding.
+        stats: UNet calls, explicit and fused attention calls.
+    """
+
+    images: list[Image.Image]
+    latents: torch.Tensor
+    spec: EditSpec
+    attention: torch.Tensor | None = None
+    attention_side: int | None = None
+    tokens: list[list[str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def cross_alpha(spec: EditSpec, tokenizer, num_steps: int) -> torch.Tensor:
+    """The cross-replace schedule α [T+1, K, 77]: for target k and token j, 1 at steps
+    ``int(start·(T+1)) ≤ t < int(end·(T+1))`` of the window that applies to j (a word's own
+    window on its tokens, else ``default_``), 0 elsewhere."""
+    targets = spec.prompts[1:]
+    rows = num_steps + 1
+    alpha = torch.zeros(rows, len(targets), L)
+
+    def fill(window: tuple[float, float], k: int, tokens) -> None:
+        start, end = int(window[0] * rows), int(window[1] * rows)
+        alpha[:, k, tokens] = 0.0
+        alpha[start:end, k, tokens] = 1.0
+
+    windows = spec.cross_windows
+    for k in range(len(targets)):
+        fill(windows["default_"], k, slice(None))
+    for word, window in windows.items():
+        if word == "default_":
+            continue
+        for k, prompt in enumerate(targets):
+            try:
+                fill(window, k, word_token_indices(prompt, word, tokenizer))
+            except ValueError:
+                continue  # the word is in another target prompt
+    return alpha
+
+
+def _word_weights(prompts: list[str], groups: list[list[str]], tokenizer) -> torch.Tensor:
+    weights = torch.zeros(len(prompts), L)
+    for k, (prompt, words) in enumerate(zip(prompts, groups)):
+        for word in words:
+            weights[k, word_token_indices(prompt, word, tokenizer)] = 1.0
+    return weights
+
+
+def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool = False) -> PromptToPromptController:
+    """The controller that carries out ``spec`` over ``num_steps`` steps.
+
+    ``keep_maps`` keeps cross-attention maps (for pictures) even without a local blend.
+    """
+    source, targets = spec.prompts[0], spec.prompts[1:]
+    if spec.resolved_mode() == "replace":
+        cross = replace_edit(torch.stack([replacement_mapper(source, t, tokenizer) for t in targets]))
+    else:
+        pairs = [refinement_mapper(source, t, tokenizer) for t in targets]
+        cross = refine_edit(torch.stack([m for m, _ in pairs]), torch.stack([a for _, a in pairs]))
+    if spec.reweight:
+        equalizer = torch.ones(len(targets), L)
+        for word, scale in spec.reweight.items():
+            for k, prompt in enumerate(targets):
+                try:
+                    equalizer[k, word_token_indices(prompt, word, tokenizer)] = float(scale)
+                except ValueError:
+                    continue
+        cross = reweight_edit(equalizer, cross)
+    start, end = spec.self_window
+    blend = None
+    if spec.blend_words is not None:
+        subtract = None
+        if spec.blend_subtract_words is not None:
+            subtract = _word_weights(spec.prompts, spec.blend_groups(spec.blend_subtract_words), tokenizer)
+        blend = LocalBlend(
+            words=_word_weights(spec.prompts, spec.blend_groups(spec.blend_words), tokenizer),
+            subtract=subtract,
+            threshold=spec.blend_threshold,
+            start_step=int(spec.blend_start * num_steps),
+            side=spec.blend_resolution,
+        )
+    return PromptToPromptController(
+        cross_edit=cross,
+        cross_alpha=cross_alpha(spec, tokenizer, num_steps),
+        self_steps=(int(start * num_steps), int(end * num_steps)),
+        self_max_pixels=spec.self_replace_max_pixels,
+        store=AttentionStore() if (keep_maps or blend is not None) else None,
+        blend=blend,
+    )
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[str]:
+    """The prompt's tokens as text, start and end tokens included."""
+    ids = tokenizer(prompt).input_ids
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def edit(
+    pipe,
+    spec: EditSpec,
+    latents: torch.Tensor | None = None,
+    null_embeddings: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float = 7.5,
+    return_attention: bool = False,
+    inversion=None,
+    progress: bool = False,
+) -> EditResult:
+    """Edit with Prompt-to-Prompt: every prompt of ``spec`` in one batch, source first.
+
+    Args:
+        pipe: a pipeline from ``load_pipeline``.
+        spec: the edit.
+        latents: starting latent [1, 4, h, w] shared by every row; else drawn from ``generator``.
+        null_embeddings: [T, 1, 77, d] one unconditional embedding per step (null-text
+            inversion), or None for the empty prompt's embedding.
+        num_steps: DDIM steps T (default 50, or the inversion's).
+        inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T) and its null embeddings.
+        return_attention: keep the averaged cross-attention maps in ``result.attention``.
+
+    Returns:
+        EditResult with one image per prompt (source first).
+
+    Raises:
+        EditSpecError: a prompt is over 77 tokens or the inputs disagree; raised before denoising.
+    """
+    for k, prompt in enumerate(spec.prompts):
+        try:
+            check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
+        except PromptError as exc:
+            raise EditSpecError(str(exc)) from None
+    if inversion is not None:
+        if latents is not None or null_embeddings is not None:
+            raise EditSpecError("pass either inversion= or latents=/null_embeddings=, not both")
+        if num_steps is not None and num_steps != inversion.num_steps:
+            raise EditSpecError(
+                f"the inversion was made with {inversion.num_steps} steps but the edit asks for {num_steps}: "
+                "edit with the inversion's number of steps (or invert again)"
+            )
+        num_steps = inversion.num_steps
+        latents, null_embeddings = inversion.x_T, inversion.null_embeddings
+        if inversion.prompt != spec.prompts[0]:
+            log.warning("the source prompt %r differs from the inversion's prompt %r", spec.prompts[0], inversion.prompt)
+    num_steps = num_steps or 50
+    if null_embeddings is not None and null_embeddings.shape[0] != num_steps:
+        raise EditSpecError(f"{null_embeddings.shape[0]} null embeddings for {num_steps} steps: they must match")
+    side = pipe.unet.config.sample_size
+    if latents is None:
+        latents = torch.randn((1, pipe.unet.config.in_channels, side, side), generator=generator, dtype=torch.float32)
+    controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention)
+
+    started = time.perf_counter()
+    cond = encode_text(pipe, spec.prompts)
+    uncond = null_embeddings if null_embeddings is not None else encode_text(pipe, [""])
+    final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress)
+    denoised = time.perf_counter()
+    images = decode_latents(pipe, final)
+    result = EditResult(
+        images=images,
+        latents=final,
+        spec=spec,
+        tokens=[prompt_tokens(pipe.tokenizer, p) for p in spec.prompts],
+        seconds={"denoise": denoised - started, "decode": time.perf_counter() - denoised},
+        stats=stats,
+    )
+    if return_attention and controller.store is not None and controller.store.sums:
+        store = controller.store
+        result.attention_side = default_blend_side(final.shape[-1], store.resolutions())
+        result.attention = store.mean_map(result.attention_side) / max(store.steps, 1)
+    return result

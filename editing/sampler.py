@@ -1,0 +1,60 @@
+"""The denoising loop: every prompt's row in one batch, classifier-free guidance with per-step
+unconditional (null) embeddings, a controller on the attention maps and after each step.
+
+It does not know which controller runs; with none it is plain DDIM sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from editing.controllers import Controller
+from editing.processor import controlled_attention
+
+
+@torch.no_grad()
+def denoise(
+    pipe,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    latents: torch.Tensor,
+    controller: Controller | None,
+    num_steps: int,
+    guidance_scale: float,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """Run ``num_steps`` DDIM steps on B rows at once.
+
+    Args:
+        cond: conditional text embeddings [B, 77, d].
+        uncond: unconditional embeddings, [1, 77, d] for every step or [T, 1, 77, d] one per step
+            (null-text inversion's), shared by every row.
+        latents: starting latent [1, 4, h, w] (shared by every row) or [B, 4, h, w].
+        controller: attention controller, or None.
+
+    Returns:
+        (latents [B, 4, h, w], stats): stats counts UNet calls and explicit/fused attention calls.
+    """
+    rows = cond.shape[0]
+    dtype = pipe.unet.dtype
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_steps, device=pipe.device)
+    z = latents.to(pipe.device, dtype).expand(rows, -1, -1, -1).clone() * scheduler.init_noise_sigma
+    per_step = uncond.ndim == 4
+    if per_step and uncond.shape[0] < num_steps:
+        raise ValueError(f"{uncond.shape[0]} null embeddings for {num_steps} steps: invert with the same number of steps")
+    with controlled_attention(pipe.unet, controller) as hook:
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="editing", disable=not progress, leave=False)):
+            hook.step = i
+            null = (uncond[i] if per_step else uncond).to(pipe.device, dtype).expand(rows, -1, -1)
+            model_in = scheduler.scale_model_input(torch.cat([z, z]), t)
+            noise = pipe.unet(model_in, t, encoder_hidden_states=torch.cat([null, cond.to(dtype)])).sample
+            noise_uncond, noise_cond = noise.chunk(2)
+            noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            z = scheduler.step(noise, t, z, eta=0.0).prev_sample
+            if controller is not None:
+                z = controller.on_step_end(z, i)
+        stats = {"unet_calls": num_steps, "explicit_attention_calls": hook.explicit_calls,
+                 "fused_attention_calls": hook.fused_calls}
+    return z, stats

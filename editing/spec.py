@@ -1,0 +1,174 @@
+"""``EditSpec``: what an edit should do, checked when it is made, with messages that name the fix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Union
+
+from editing.align import word_matches
+
+Steps = Union[float, tuple[float, float]]
+CrossSteps = Union[float, tuple[float, float], dict[str, Steps]]
+
+MODES = ("auto", "replace", "refine")
+
+
+class EditSpecError(ValueError):
+    """An edit was asked for that cannot be done; the message says what to change."""
+
+
+def contains_words(prompt: str, words: str) -> bool:
+    """Whether ``words`` occurs in ``prompt``, matched the way word indices are."""
+    return bool(word_matches(prompt, words))
+
+
+def steps_window(value: Steps, what: str) -> tuple[float, float]:
+    """Normalize a step fraction or (start, end) pair to (start, end), checking 0 ≤ start ≤ end ≤ 1."""
+    if isinstance(value, bool):
+        raise EditSpecError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, not {value!r}")
+    if isinstance(value, (int, float)):
+        start, end = 0.0, float(value)
+    else:
+        try:
+            start, end = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise EditSpecError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, not {value!r}") from None
+    if not (0.0 <= start <= end <= 1.0) or math.isnan(start) or math.isnan(end):
+        raise EditSpecError(
+            f"{what} = {value!r} is outside [0, 1]: give a fraction of the denoising steps such as 0.8, "
+            "or a (start, end) pair with 0 ≤ start ≤ end ≤ 1"
+        )
+    return start, end
+
+
+@dataclass
+class EditSpec:
+    """A Prompt-to-Prompt edit.
+
+    Attributes:
+        prompts: the source prompt first, then one or more target prompts.
+        mode: "replace" (word swap, same word count), "refine" (added or changed phrase,
+            token alignment) or "auto" (replace when the word counts match, refine otherwise).
+        cross_replace_steps: fraction of steps (or (start, end)) in which target cross-attention
+            is taken from the source; a dict gives it per target word, with key "default_".
+        self_replace_steps: fraction (or (start, end)) of steps in which edited rows take the
+            source's self-attention.
+        reweight: word → scale for the target prompts' cross-attention (the "fader").
+        blend_words: local blend words per prompt: (source words, target words) or one entry per
+            prompt; the edit is then confined to where those words attend.
+        blend_subtract_words: words per prompt whose region is removed from the blend mask.
+        blend_threshold: mask threshold on the normalized map.
+        blend_start: fraction of steps after which the blend applies.
+        self_replace_max_pixels: self-attention is injected only in layers with at most this many
+            pixels (32² in the reference's real-image notebook, 16² in its generated-image one).
+        blend_resolution: side of the cross-attention maps the blend reads (None: a quarter of the
+            latent side, or the smallest side the down/up paths have if no layer is that small).
+    """
+
+    prompts: list[str]
+    mode: str = "auto"
+    cross_replace_steps: CrossSteps = 0.8
+    self_replace_steps: Steps = 0.4
+    reweight: dict[str, float] | None = None
+    blend_words: tuple | list | None = None
+    blend_subtract_words: tuple | list | None = None
+    blend_threshold: float = 0.3
+    blend_start: float = 0.2
+    self_replace_max_pixels: int = 32 * 32
+    blend_resolution: int | None = None
+    _cross_windows: dict[str, tuple[float, float]] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str) or len(self.prompts) < 2:
+            raise EditSpecError(
+                "an edit needs at least two prompts: the source prompt (describing the photo) first, "
+                "then one or more target prompts"
+            )
+        self.prompts = list(self.prompts)
+        for k, prompt in enumerate(self.prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                which = "source prompt" if k == 0 else f"target prompt {k}"
+                raise EditSpecError(f"the {which} is empty: describe the image in words")
+        if self.mode not in MODES:
+            raise EditSpecError(f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+        if self.mode == "replace":
+            n = len(self.prompts[0].split(" "))
+            for prompt in self.prompts[1:]:
+                if len(prompt.split(" ")) != n:
+                    raise EditSpecError(
+                        f"mode 'replace' swaps words one for one, but '{self.prompts[0]}' has {n} words and "
+                        f"'{prompt}' has {len(prompt.split(' '))}: use mode 'refine' (or 'auto') to add or "
+                        "remove words"
+                    )
+        self._cross_windows = self._check_cross_steps()
+        steps_window(self.self_replace_steps, "self_replace_steps")
+        for word, scale in (self.reweight or {}).items():
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+                raise EditSpecError(f"reweight scale for '{word}' must be a finite number (such as 2 or -1), not {scale!r}")
+            self._need_in_some_target(word, "reweight")
+        self._check_blend(self.blend_words, "blend_words")
+        self._check_blend(self.blend_subtract_words, "blend_subtract_words")
+        if not 0.0 < self.blend_threshold < 1.0:
+            raise EditSpecError(f"blend_threshold = {self.blend_threshold} must lie in (0, 1); the reference uses 0.3")
+        steps_window(self.blend_start, "blend_start")
+
+    def _check_cross_steps(self) -> dict[str, tuple[float, float]]:
+        value = self.cross_replace_steps
+        if not isinstance(value, dict):
+            return {"default_": steps_window(value, "cross_replace_steps")}
+        windows = {"default_": (0.0, 1.0)}
+        for word, steps in value.items():
+            windows[word] = steps_window(steps, f"cross_replace_steps['{word}']")
+            if word != "default_":
+                self._need_in_some_target(word, "cross_replace_steps")
+        return windows
+
+    def _need_in_some_target(self, word: str, what: str) -> None:
+        if not any(contains_words(p, word) for p in self.prompts[1:]):
+            raise EditSpecError(
+                f"{what} names '{word}', which is not a word of any target prompt "
+                f"({'; '.join(repr(p) for p in self.prompts[1:])}). Use a word as it appears in a target prompt."
+            )
+
+    def _check_blend(self, words, what: str) -> None:
+        for k, group in enumerate(self.blend_groups(words)):
+            for word in group:
+                if not contains_words(self.prompts[k], word):
+                    raise EditSpecError(
+                        f"{what} names '{word}' for the prompt '{self.prompts[k]}', which does not contain it. "
+                        "Give the source prompt's word(s) first, then the target prompt's."
+                    )
+
+    def blend_groups(self, words) -> list[list[str]]:
+        """Words per prompt (one list for each prompt) from ``blend_words``-style input.
+
+        Accepts one entry per prompt, or two entries (source, targets) with several targets."""
+        if words is None:
+            return []
+        groups = [[w] if isinstance(w, str) else list(w) for w in words]
+        if len(groups) == 2 and len(self.prompts) > 2:
+            groups = [groups[0]] + [groups[1]] * (len(self.prompts) - 1)
+        if len(groups) != len(self.prompts) or any(not g for g in groups):
+            raise EditSpecError(
+                f"blend words must give word(s) for each prompt, e.g. (['cat'], ['dog']); got {words!r} "
+                f"for {len(self.prompts)} prompts"
+            )
+        return groups
+
+    @property
+    def cross_windows(self) -> dict[str, tuple[float, float]]:
+        """Cross-replace (start, end) fractions: key "default_" and one per word given."""
+        return dict(self._cross_windows)
+
+    @property
+    def self_window(self) -> tuple[float, float]:
+        """Self-replace (start, end) fractions."""
+        return steps_window(self.self_replace_steps, "self_replace_steps")
+
+    def resolved_mode(self) -> str:
+        """"replace" or "refine": ``mode``, with "auto" decided by the word counts."""
+        if self.mode != "auto":
+            return self.mode
+        n = len(self.prompts[0].split(" "))
+        return "replace" if all(len(p.split(" ")) == n for p in self.prompts[1:]) else "refine"

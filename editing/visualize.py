@@ -1,0 +1,56 @@
+"""Pictures of attention: each token's averaged cross-attention map over the edited image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def captioned(image: Image.Image, caption: str, height: int = 18) -> Image.Image:
+    """``image`` with ``caption`` written on a white band under it."""
+    out = Image.new("RGB", (image.width, image.height + height), "white")
+    out.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    text = caption
+    while text and draw.textlength(text, font=font) > image.width - 4:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    width = draw.textlength(text, font=font)
+    draw.text(((image.width - width) / 2, image.height + 3), text, fill="black", font=font)
+    return out
+
+
+def grid(images: list[Image.Image], columns: int | None = None, pad: int = 4) -> Image.Image:
+    """Lay images out left to right, top to bottom, on white (all assumed the same size)."""
+    columns = columns or len(images)
+    rows = (len(images) + columns - 1) // columns
+    w, h = images[0].size
+    out = Image.new("RGB", (columns * w + (columns - 1) * pad, rows * h + (rows - 1) * pad), "white")
+    for i, image in enumerate(images):
+        out.paste(image, ((i % columns) * (w + pad), (i // columns) * (h + pad)))
+    return out
+
+
+def heatmap(attention: np.ndarray, background: Image.Image, size: int) -> Image.Image:
+    """One token's map [s, s] scaled to its max, coloured, laid over ``background`` at ``size`` px."""
+    peak = float(attention.max())
+    gray = np.uint8(255 * attention / peak) if peak > 0 else np.zeros_like(attention, dtype=np.uint8)
+    gray = cv2.resize(gray, (size, size), interpolation=cv2.INTER_NEAREST)
+    colour = cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    base = np.asarray(background.convert("RGB").resize((size, size)), dtype=np.float32)
+    return Image.fromarray(np.uint8(0.5 * base + 0.5 * colour))
+
+
+def attention_pictures(result, prompt_index: int = 0, size: int = 128) -> Image.Image:
+    """A picture of prompt ``prompt_index``'s averaged cross-attention map for each of its tokens
+    (start and end tokens included), each over that prompt's image and captioned with the token.
+
+    ``result`` is an ``EditResult`` made with ``return_attention=True``.
+    """
+    if result.attention is None:
+        raise ValueError("this result has no attention maps: call edit(..., return_attention=True)")
+    maps = result.attention[prompt_index].float().cpu().numpy()  # [s, s, 77]
+    tokens = result.tokens[prompt_index]
+    tiles = [captioned(heatmap(maps[:, :, j], result.images[prompt_index], size), token) for j, token in enumerate(tokens)]
+    return grid(tiles, columns=min(len(tiles), 8))

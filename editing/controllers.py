@@ -196,13 +196,15 @@ class PromptToPromptController:
     store: AttentionStore | None = None
     blend: LocalBlend | None = None
 
+    def __post_init__(self) -> None:
+        # per-step lookups, computed once: the processors ask for every layer at every step
+        self._alpha_steps: list[torch.Tensor | None] = []
+        if self.cross_edit is not None and self.cross_alpha is not None:
+            for alpha in self.cross_alpha:
+                self._alpha_steps.append(alpha[:, None, None, :].clone() if bool(alpha.any()) else None)
+
     def _cross_active(self, step: int) -> bool:
-        return (
-            self.cross_edit is not None
-            and self.cross_alpha is not None
-            and step < self.cross_alpha.shape[0]
-            and bool(self.cross_alpha[step].any())
-        )
+        return step < len(self._alpha_steps) and self._alpha_steps[step] is not None
 
     def _self_active(self, pixels: int, step: int) -> bool:
         return self.self_steps[0] <= step < self.self_steps[1] and pixels <= self.self_max_pixels
@@ -215,7 +217,7 @@ class PromptToPromptController:
     def on_attention(self, maps: torch.Tensor, layer: LayerInfo, step: int) -> torch.Tensor:
         src, tgt = maps[0], maps[1:]
         if layer.is_cross and self._cross_active(step):
-            alpha = self.cross_alpha[step].to(maps.dtype)[:, None, None, :]  # [K, 1, 1, L]
+            alpha = self._alpha_steps[step].to(maps.device, maps.dtype)  # [K, 1, 1, L]
             tgt = self.cross_edit(src, tgt) * alpha + tgt * (1 - alpha)
             maps = torch.cat([src[None], tgt])
         elif not layer.is_cross and self._self_active(maps.shape[2], step):

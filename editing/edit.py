@@ -142,7 +142,7 @@ def edit(
     null_embeddings: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     num_steps: int | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     return_attention: bool = False,
     inversion=None,
     progress: bool = False,
@@ -156,6 +156,7 @@ def edit(
         null_embeddings: [T, 1, 77, d] one unconditional embedding per step (null-text
             inversion), or None for the empty prompt's embedding.
         num_steps: DDIM steps T (default 50, or the inversion's).
+        guidance_scale: w (default 7.5, or the inversion's).
         inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T) and its null embeddings.
         return_attention: keep the averaged cross-attention maps in ``result.attention``.
 
@@ -179,10 +180,15 @@ def edit(
                 "edit with the inversion's number of steps (or invert again)"
             )
         num_steps = inversion.num_steps
+        if guidance_scale is not None and guidance_scale != inversion.guidance_scale and inversion.method == "null-text":
+            log.warning("editing at guidance %s an inversion optimized for %s: the source will not reconstruct well",
+                        guidance_scale, inversion.guidance_scale)
+        guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
         latents, null_embeddings = inversion.x_T, inversion.null_embeddings
         if inversion.prompt != spec.prompts[0]:
             log.warning("the source prompt %r differs from the inversion's prompt %r", spec.prompts[0], inversion.prompt)
     num_steps = num_steps or 50
+    guidance_scale = 7.5 if guidance_scale is None else guidance_scale
     if null_embeddings is not None and null_embeddings.shape[0] != num_steps:
         raise EditSpecError(f"{null_embeddings.shape[0]} null embeddings for {num_steps} steps: they must match")
     side = pipe.unet.config.sample_size

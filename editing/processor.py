@@ -88,12 +88,16 @@ class ControlledAttnProcessor:
         pixels = query.shape[2]
         controller = self.hook.controller
         if controller is not None and controller.needs_maps(self.layer, pixels, self.hook.step):
+            # the controller sees the conditional half only: the unconditional half stays fused
             self.hook.explicit_calls += 1
-            probs = attention_probs(query, key, attn.scale, attention_mask)
             half = batch // 2
-            edited = controller.on_attention(probs[half:], self.layer, self.hook.step)
-            probs = torch.cat([probs[:half], edited.to(probs.dtype)])
-            hidden_states = torch.matmul(probs, value)
+            mask_u, mask_c = (None, None) if attention_mask is None else (attention_mask[:half], attention_mask[half:])
+            uncond = F.scaled_dot_product_attention(
+                query[:half], key[:half], value[:half], attn_mask=mask_u, dropout_p=0.0, is_causal=False, scale=attn.scale
+            )
+            probs = attention_probs(query[half:], key[half:], attn.scale, mask_c)
+            probs = controller.on_attention(probs, self.layer, self.hook.step)
+            hidden_states = torch.cat([uncond, torch.matmul(probs.to(value.dtype), value[half:])])
         else:
             self.hook.fused_calls += 1
             hidden_states = F.scaled_dot_product_attention(

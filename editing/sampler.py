@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from editing.controllers import Controller
 from editing.processor import controlled_attention
+from pipelines.guidance import guided_noise
 
 
 @torch.no_grad()
@@ -47,11 +48,7 @@ def denoise(
     with controlled_attention(pipe.unet, controller) as hook:
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="editing", disable=not progress, leave=False)):
             hook.step = i
-            null = (uncond[i] if per_step else uncond).to(pipe.device, dtype).expand(rows, -1, -1)
-            model_in = scheduler.scale_model_input(torch.cat([z, z]), t)
-            noise = pipe.unet(model_in, t, encoder_hidden_states=torch.cat([null, cond.to(dtype)])).sample
-            noise_uncond, noise_cond = noise.chunk(2)
-            noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            noise = guided_noise(pipe, z, t, cond, uncond[i] if per_step else uncond, guidance_scale)
             z = scheduler.step(noise, t, z, eta=0.0).prev_sample
             if controller is not None:
                 z = controller.on_step_end(z, i)

@@ -23,7 +23,7 @@ from pipelines.tokenizer import build_clip_tokenizer
 log = logging.getLogger(__name__)
 
 # Bump when anything below changes, so that a stale cached build is never reused.
-TINY_VERSION = "tiny-sd-v1"
+TINY_VERSION = "tiny-sd-v2"
 CACHE_ENV = "PROMPTEDIT_CACHE_DIR"
 SEED = 0
 
@@ -49,8 +49,14 @@ VAE_CONFIG = dict(
     up_block_types=("UpDecoderBlock2D",) * 4,
     layers_per_block=1,
     norm_num_groups=8,
-    scaling_factor=0.18215,
+    # SD picks its factor (0.18215) so that latents have about unit variance; the random VAE's
+    # latents are ~20× smaller, so the same rule gives 3.0 (the sample photo's latent std ≈ 0.8).
+    scaling_factor=3.0,
 )
+# A trained UNet's noise prediction changes slowly with its input; a random one amplifies it, and
+# DDIM inversion then drifts far more than with real weights. Damping the output layer gives the
+# tiny model a trained model's behaviour here (DDIM inversion at w = 1 returns to within 1%).
+UNET_OUTPUT_GAIN = 0.3
 TEXT_CONFIG = dict(
     vocab_size=49408,
     hidden_size=32,
@@ -79,6 +85,9 @@ def build_tiny_pipeline() -> StableDiffusionPipeline:
     """
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(**UNET_CONFIG)
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(UNET_OUTPUT_GAIN)
+        unet.conv_out.bias.mul_(UNET_OUTPUT_GAIN)
     torch.manual_seed(SEED + 1)
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(SEED + 2)
@@ -126,3 +135,33 @@ def tiny_model_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_random_sd15_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """SD v1.5's exact architecture (860 M-parameter UNet, 512 px) with seeded random weights.
+
+    For benchmarks only: it costs the same time and memory as the real model, and needs no
+    download. Returns a StableDiffusionPipeline on the CPU.
+    """
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        scaling_factor=0.18215,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=build_clip_tokenizer(), unet=unet.eval(),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype=dtype)

@@ -1,0 +1,202 @@
+"""``invert``: photo(s) + source prompt(s) → ``Inversion``(s), through the cache when asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from data.images import Crop, image_hash, load_image
+from inversion.ddim import ddim_inversion
+from inversion.negative_prompt import negative_prompt_embeddings
+from inversion.null_text import InversionError, null_text_optimization
+from inversion.result import Inversion, cache_key, cache_path, load_cached
+from pipelines.codec import PromptError, check_prompt, decode_latents, encode_image, encode_text
+from pipelines.guidance import guided_noise
+from pipelines.models import image_size
+
+log = logging.getLogger(__name__)
+METHODS = ("null-text", "negative-prompt", "ddim")
+
+
+def _key(pipe, image: Image.Image, prompt: str, method: str, params: dict) -> str:
+    scheduler = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    return cache_key(
+        image=image_hash(image),
+        prompt=prompt,
+        model=str(pipe.name_or_path),
+        scheduler=json.dumps(scheduler, sort_keys=True, default=str),
+        method=method,
+        dtype=str(pipe.unet.dtype),
+        **params,
+    )
+
+
+class _UnetCounter:
+    """Counts UNet forward calls through a forward hook (PyTorch's public module API)."""
+
+    def __init__(self, unet):
+        self.calls = 0
+        self._handle = unet.register_forward_pre_hook(self._count)
+
+    def _count(self, *_):
+        self.calls += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_inner_steps, early_stop_epsilon, progress):
+    timings = {}
+    started = time.perf_counter()
+    latent = torch.cat([encode_image(pipe, im) for im in images])
+    cond = encode_text(pipe, prompts)
+    timings["encode"] = time.perf_counter() - started
+    counter = _UnetCounter(pipe.unet)
+    try:
+        started = time.perf_counter()
+        trajectory = ddim_inversion(pipe, latent, cond, num_steps, progress=progress)
+        timings["ddim_inversion"] = time.perf_counter() - started
+        counts = {"unet_forward": 0, "unet_backward": 0}
+        per_item: dict = {}
+        started = time.perf_counter()
+        if method == "null-text":
+            nulls, per_item = null_text_optimization(
+                pipe, trajectory, cond, encode_text(pipe, [""]), num_steps, guidance_scale,
+                num_inner_steps, early_stop_epsilon, progress=progress, counts=counts,
+            )
+            timings["null_text"] = time.perf_counter() - started
+        elif method == "negative-prompt":
+            nulls = negative_prompt_embeddings(cond, num_steps)
+        else:
+            nulls = None
+        forward = counter.calls
+    finally:
+        counter.close()
+    results = []
+    for k in range(len(images)):
+        stats = {
+            "seconds": dict(timings),
+            "unet_forward": forward,
+            "unet_backward": counts["unet_backward"],
+            "batch_size": len(images),
+        }
+        if per_item:
+            stats["final_loss"] = [step[k] for step in per_item["final_loss"]]
+            stats["inner_steps"] = [step[k] for step in per_item["inner_steps"]]
+            stats["latent_error"] = per_item["latent_error"][k]
+        results.append(
+            Inversion(
+                trajectory=trajectory[:, k : k + 1].cpu(),
+                null_embeddings=None if nulls is None else nulls[:, k : k + 1].cpu(),
+                prompt=prompts[k],
+                method=method,
+                num_steps=num_steps,
+                guidance_scale=guidance_scale,
+                model_id=str(pipe.name_or_path),
+                image_hash=image_hash(images[k]),
+                stats=stats,
+            )
+        )
+    return results
+
+
+def invert(
+    pipe,
+    image: str | Path | Image.Image | list,
+    prompt: str | list[str],
+    method: str = "null-text",
+    num_steps: int = 50,
+    guidance_scale: float = 7.5,
+    num_inner_steps: int = 10,
+    early_stop_epsilon: float = 1e-5,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    crop: Crop = "center",
+) -> Inversion | list[Inversion]:
+    """Invert photo(s) into a DDIM starting latent and per-step null embeddings.
+
+    Args:
+        pipe: a pipeline from ``load_pipeline``.
+        image: a path or PIL image, or a list of them (inverted together in one UNet batch).
+        prompt: the source prompt describing the photo, or one per image.
+        method: "null-text" (optimized null embeddings), "negative-prompt" (the prompt's own
+            embedding, no optimization) or "ddim" (plain DDIM inversion, no null embeddings).
+        num_steps, guidance_scale: DDIM steps T and the guidance w the edit will use.
+        num_inner_steps, early_stop_epsilon: null-text's Adam steps per DDIM step and threshold.
+        cache_dir: a folder in which results are stored and looked up (invert once, edit many).
+        crop: how the photo is cut to a square (see ``data.load_image``).
+
+    Returns:
+        An ``Inversion``, or a list of them when ``image`` is a list.
+
+    Raises:
+        ImageInputError: a photo cannot be read. PromptError: a prompt is empty or too long.
+        InversionError: the optimization diverged.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}: use one of {', '.join(METHODS)}")
+    if num_steps < 1 or num_inner_steps < 0 or guidance_scale < 0:
+        raise ValueError("num_steps must be ≥ 1, num_inner_steps ≥ 0 and guidance_scale ≥ 0")
+    single = not isinstance(image, (list, tuple))
+    images = [image] if single else list(image)
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt, or one per image")
+    for p in prompts:
+        check_prompt(pipe.tokenizer, p, "source prompt")
+    size = image_size(pipe)
+    images = [load_image(im, size=size, crop=crop) for im in images]
+    params = dict(num_steps=num_steps, guidance_scale=guidance_scale)
+    if method == "null-text":
+        params.update(num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon)
+
+    results: list[Inversion | None] = [None] * len(images)
+    keys = [_key(pipe, im, p, method, params) for im, p in zip(images, prompts)]
+    if cache_dir is not None:
+        for k, key in enumerate(keys):
+            results[k] = load_cached(cache_dir, key)
+            if results[k] is not None:
+                results[k].stats["cache_hit"] = True
+                log.info("inversion cache hit: %s", cache_path(cache_dir, key))
+    todo = [k for k, r in enumerate(results) if r is None]
+    if todo:
+        fresh = _invert_batch(
+            pipe, [images[k] for k in todo], [prompts[k] for k in todo], method, num_steps,
+            guidance_scale, num_inner_steps, early_stop_epsilon, progress,
+        )
+        for k, inv in zip(todo, fresh):
+            inv.stats["cache_hit"] = False
+            results[k] = inv
+            if cache_dir is not None:
+                inv.save(cache_path(cache_dir, keys[k]))
+    return results[0] if single else results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def reconstruct_latent(pipe, inv: Inversion, progress: bool = False) -> torch.Tensor:
+    """The source branch alone: guided DDIM sampling from ``inv.x_T`` with its null embeddings
+    (the empty prompt's for "ddim"). Returns the final latent [1, 4, h, w]."""
+    cond = encode_text(pipe, [inv.prompt])
+    nulls = inv.null_embeddings
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(inv.num_steps, device=pipe.device)
+    z = inv.x_T.to(pipe.device, pipe.unet.dtype)
+    empty = encode_text(pipe, [""]) if nulls is None else None
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="reconstruction", disable=not progress, leave=False)):
+        noise = guided_noise(pipe, z, t, cond, empty if nulls is None else nulls[i], inv.guidance_scale)
+        z = scheduler.step(noise, t, z, eta=0.0).prev_sample
+    return z
+
+
+def reconstruct(pipe, inv: Inversion, progress: bool = False) -> Image.Image:
+    """The reconstructed photo (``reconstruct_latent`` decoded) as a PIL image."""
+    return decode_latents(pipe, reconstruct_latent(pipe, inv, progress))[0]
+
+
+__all__ = ["invert", "reconstruct", "reconstruct_latent", "InversionError", "PromptError", "METHODS"]

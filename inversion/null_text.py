@@ -1,0 +1,112 @@
+"""Null-text optimization (Mokady et al. 2023): one unconditional embedding per step, tuned so that
+guided DDIM sampling from z_T retraces the DDIM-inversion trajectory.
+
+Several photos are optimized together in one UNet batch; each keeps its own embedding, its own
+Adam state and its own early stop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from inversion.ddim import ddim_prev, predicted_noise
+
+
+class InversionError(RuntimeError):
+    """The inversion could not be completed; the message says what to change."""
+
+
+def null_text_optimization(
+    pipe,
+    trajectory: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    num_steps: int,
+    guidance_scale: float = 7.5,
+    num_inner_steps: int = 10,
+    early_stop_epsilon: float = 1e-5,
+    progress: bool = False,
+    counts: dict | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Optimize the per-step null embeddings.
+
+    Args:
+        trajectory: DDIM-inversion latents [T+1, N, 4, h, w] (z_0 … z_T).
+        cond: the source prompts' embeddings [N, 77, d].
+        uncond: the empty prompt's embedding [1, 77, d], the start at step 0.
+        counts: optional dict whose "unet_forward" and "unet_backward" entries are incremented.
+
+    Returns:
+        (null_embeddings [T, N, 77, d] in float32 (float64 if the model is), stats) where stats
+        holds per step the final loss and the inner steps taken, per item, and "latent_error",
+        the MSE between the guided reconstruction's last latent and z_0 per item.
+
+    Raises:
+        InversionError: the loss became NaN or infinite (typically fp16 overflow).
+    """
+    counts = counts if counts is not None else {}
+    counts.setdefault("unet_forward", 0)
+    counts.setdefault("unet_backward", 0)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_steps, device=pipe.device)
+    unet, dtype = pipe.unet, pipe.unet.dtype
+    work = torch.promote_types(dtype, torch.float32)  # embeddings and loss never in fp16/bf16
+    n = trajectory.shape[1]
+    cond = cond.to(pipe.device, dtype)
+    embeddings = [uncond.to(pipe.device, work).clone() for _ in range(n)]
+    z = trajectory[-1].to(pipe.device, dtype)
+    results = torch.empty(num_steps, n, *uncond.shape[1:], dtype=work)
+    losses = [[0.0] * n for _ in range(num_steps)]
+    inner = [[0] * n for _ in range(num_steps)]
+
+    def unet_eps(sample, t, emb):
+        counts["unet_forward"] += 1
+        return predicted_noise(scheduler, unet(sample, t, encoder_hidden_states=emb).sample, t, sample)
+
+    bar = tqdm(total=num_steps, desc="null-text", disable=not progress, leave=False)
+    for i, t in enumerate(scheduler.timesteps):
+        target = trajectory[num_steps - i - 1].to(pipe.device, work)
+        with torch.no_grad():
+            eps_cond = unet_eps(z, t, cond)
+        params = [e.detach().clone().requires_grad_(True) for e in embeddings]
+        optimizers = [torch.optim.Adam([p], lr=1e-2 * (1.0 - i / 100.0)) for p in params]
+        threshold = early_stop_epsilon + i * 2e-5
+        active = list(range(n))
+        for j in range(num_inner_steps):
+            rows = torch.tensor(active, device=z.device)
+            emb = torch.cat([params[k] for k in active]).to(dtype)
+            eps_uncond = unet_eps(z[rows], t, emb)
+            guided = eps_uncond + guidance_scale * (eps_cond[rows] - eps_uncond)
+            prev = ddim_prev(scheduler, guided.to(work), t, z[rows].to(work))
+            item_loss = F.mse_loss(prev, target[rows], reduction="none").flatten(1).mean(1)
+            if not torch.isfinite(item_loss).all():
+                raise InversionError(
+                    f"null-text optimization diverged at step {i} (loss {item_loss.tolist()}). This is "
+                    "usually float16 overflow: run with --dtype fp32 (or bf16), or lower the guidance scale."
+                )
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            item_loss.sum().backward()
+            counts["unet_backward"] += 1
+            values = item_loss.detach().tolist()
+            for pos, k in enumerate(active):
+                optimizers[k].step()
+                losses[i][k] = values[pos]
+                inner[i][k] = j + 1
+            active = [k for pos, k in enumerate(active) if values[pos] >= threshold]
+            if not active:
+                break
+        embeddings = [p.detach() for p in params]
+        with torch.no_grad():
+            emb = torch.cat(embeddings).to(dtype)
+            eps_uncond = unet_eps(z, t, emb)
+            z = ddim_prev(scheduler, eps_uncond + guidance_scale * (eps_cond - eps_uncond), t, z)
+        results[i] = torch.cat(embeddings).cpu()
+        bar.set_postfix(step=i, loss=f"{max(losses[i]):.2e}")
+        bar.update()
+    bar.close()
+    final = trajectory[0].to(pipe.device, work)
+    latent_error = F.mse_loss(z.to(work), final, reduction="none").flatten(1).mean(1).tolist()
+    return results, {"final_loss": losses, "inner_steps": inner, "latent_error": latent_error}

@@ -1,0 +1,144 @@
+"""The ``Inversion`` record and its safetensors cache (invert once, edit many)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+# Bump when the inversion's numbers change, so that older cache files are not reused.
+FORMAT_VERSION = 1
+
+
+class InversionCacheError(ValueError):
+    """A saved inversion could not be read (missing, truncated or not an inversion file)."""
+
+
+@dataclass
+class Inversion:
+    """A photo turned into a starting point for editing.
+
+    Attributes:
+        trajectory: DDIM-inversion latents z_0 … z_T, [T+1, 1, 4, h, w].
+        null_embeddings: one unconditional embedding per step [T, 1, 77, d], or None ("ddim").
+        prompt: the source prompt it was inverted with.
+        method: "null-text", "negative-prompt" or "ddim".
+        num_steps, guidance_scale: the DDIM steps T and the guidance w it was made for.
+        model_id: the model it belongs to.
+        image_hash: SHA-256 of the preprocessed image.
+        stats: seconds per stage, UNet forward/backward counts, per-step losses.
+    """
+
+    trajectory: torch.Tensor
+    null_embeddings: torch.Tensor | None
+    prompt: str
+    method: str
+    num_steps: int
+    guidance_scale: float
+    model_id: str = ""
+    image_hash: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def x_T(self) -> torch.Tensor:
+        """The starting latent z_T [1, 4, h, w]."""
+        return self.trajectory[-1]
+
+    @property
+    def z_0(self) -> torch.Tensor:
+        """The photo's latent [1, 4, h, w]."""
+        return self.trajectory[0]
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "prompt": self.prompt,
+            "method": self.method,
+            "num_steps": self.num_steps,
+            "guidance_scale": self.guidance_scale,
+            "model_id": self.model_id,
+            "image_hash": self.image_hash,
+            "stats": self.stats,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write tensors and metadata to one safetensors file, atomically (temporary name, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"trajectory": self.trajectory.detach().cpu().contiguous()}
+        if self.null_embeddings is not None:
+            tensors["null_embeddings"] = self.null_embeddings.detach().cpu().contiguous()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"inversion": json.dumps(self.metadata())})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Inversion":
+        """Read a file written by ``save``.
+
+        Raises:
+            InversionCacheError: the file is missing, truncated, or not an inversion.
+        """
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["inversion"])
+                trajectory = f.get_tensor("trajectory")
+                nulls = f.get_tensor("null_embeddings") if "null_embeddings" in f.keys() else None
+        except Exception as exc:  # safetensors raises several kinds for a damaged file
+            raise InversionCacheError(f"{path}: not a readable inversion file ({type(exc).__name__}: {exc})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise InversionCacheError(f"{path}: written by another version of this code (format {meta.get('format')})")
+        steps = int(meta["num_steps"])
+        if trajectory.shape[0] != steps + 1 or (nulls is not None and nulls.shape[0] != steps):
+            raise InversionCacheError(f"{path}: tensor shapes do not match {steps} steps")
+        return cls(
+            trajectory=trajectory,
+            null_embeddings=nulls,
+            prompt=meta["prompt"],
+            method=meta["method"],
+            num_steps=steps,
+            guidance_scale=float(meta["guidance_scale"]),
+            model_id=meta["model_id"],
+            image_hash=meta["image_hash"],
+            stats=meta.get("stats", {}),
+        )
+
+
+def cache_key(**parts) -> str:
+    """A SHA-256 key over every part that changes an inversion's result (image hash, prompt,
+    model, scheduler config, method and parameters, dtype, format version)."""
+    text = json.dumps({**parts, "format": FORMAT_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: str) -> Path:
+    """Where the inversion with ``key`` is stored in ``cache_dir``."""
+    return Path(cache_dir) / f"inversion-{key[:32]}.safetensors"
+
+
+def load_cached(cache_dir: str | Path, key: str) -> Inversion | None:
+    """The cached inversion for ``key``, or None when absent or unreadable (with a warning)."""
+    path = cache_path(cache_dir, key)
+    if not path.exists():
+        return None
+    try:
+        return Inversion.load(path)
+    except InversionCacheError as exc:
+        log.warning("ignoring a damaged inversion cache file, recomputing: %s", exc)
+        return None

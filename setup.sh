@@ -22,11 +22,16 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     "$VPY" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$VPY" -m pip install -q -e ".[test]"
-"$VPY" -m pip check
+# the project itself, editable, with the test tools; skipped when pyproject.toml is unchanged
+stamp="$VENV/.promptedit-installed"
+want=$("$VPY" -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest())")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VPY" -m pip install -q -e ".[test]"
+  "$VPY" -m pip check
+  echo "$want" > "$stamp"
+fi
 
-"$VPY" -c "
-from pipelines.models import load_pipeline, image_size
-pipe = load_pipeline('tiny')
-print('set-up OK: tiny model loads, native size', image_size(pipe), 'px')
-"
+# the quickstart edit: the bundled photo, the tiny offline model, pictures in outputs/quickstart
+"$VPY" -m pipelines.edit_real assets/chelsea.png \
+  --src "a cat sitting on a wooden floor" --tgt "a dog sitting on a wooden floor" \
+  --model tiny --out outputs/quickstart --attention --quiet

@@ -1,7 +1,7 @@
 """Speed and memory figures, each against a baseline measured in the same run.
 
     python -m eval.bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--json]
-    python -m eval.bench inversion [--models tiny,sd15] [--json]
+    python -m eval.bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--inner-steps N] [--json]
 
 Peak memory is the CUDA allocator's peak on a GPU, and on a CPU the peak resident set size
 above the level at the start of the measurement (sampled every 2 ms from /proc).
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
     parser.add_argument("--sd15-steps", type=int, default=2, help="steps on sd15 (a CPU fits 1–3)")
+    parser.add_argument("--inner-steps", type=int, default=None,
+                        help="null-text Adam steps per DDIM step (default 10 on tiny, 2 on sd15)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement on tiny (median taken)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="fp32 (CPU default), fp16 (CUDA default), bf16")
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from eval.bench_inversion import bench_inversion
 
-            rows.extend(bench_inversion(model, steps, device, dtype))
+            inner = args.inner_steps if args.inner_steps is not None else (10 if model == "tiny" else 2)
+            rows.extend(bench_inversion(model, steps, device, dtype, inner))
         if not args.json:
             print(f"[done] {model}", flush=True)
     _print_rows(rows, args.json)

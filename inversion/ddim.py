@@ -61,9 +61,10 @@ def ddim_inversion(
     scheduler = pipe.scheduler
     scheduler.set_timesteps(num_steps, device=pipe.device)
     z = latent.to(pipe.device, pipe.unet.dtype)
+    cond = cond.to(z.device, z.dtype)
     trajectory = [z]
     for t in tqdm(scheduler.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
-        out = pipe.unet(z, t, encoder_hidden_states=cond.to(pipe.unet.dtype)).sample
+        out = pipe.unet(z, t, encoder_hidden_states=cond).sample
         z = ddim_next(scheduler, predicted_noise(scheduler, out, t, z), t, z)
         trajectory.append(z)
     return torch.stack(trajectory)

@@ -67,7 +67,7 @@ def null_text_optimization(
 
     bar = tqdm(total=num_steps, desc="null-text", disable=not progress, leave=False)
     for i, t in enumerate(scheduler.timesteps):
-        target = trajectory[num_steps - i - 1].to(pipe.device, work)
+        target = trajectory[num_steps - i - 1].to(z.device, work)
         with torch.no_grad():
             eps_cond = unet_eps(z, t, cond)
         params = [e.detach().clone().requires_grad_(True) for e in embeddings]
@@ -107,6 +107,6 @@ def null_text_optimization(
         bar.set_postfix(step=i, loss=f"{max(losses[i]):.2e}")
         bar.update()
     bar.close()
-    final = trajectory[0].to(pipe.device, work)
+    final = trajectory[0].to(z.device, work)
     latent_error = F.mse_loss(z.to(work), final, reduction="none").flatten(1).mean(1).tolist()
     return results, {"final_loss": losses, "inner_steps": inner, "latent_error": latent_error}

@@ -9,15 +9,15 @@ def guided_noise(pipe, z: torch.Tensor, t, cond: torch.Tensor, null: torch.Tenso
     """``ε_u + w (ε_c − ε_u)`` for B rows in one batch of 2B (unconditional rows first).
 
     Args:
-        z: latents [B, 4, h, w]; cond: [B, 77, d]; null: unconditional embeddings [B or 1, 77, d].
+        z: latents [B, 4, h, w], on the UNet's device in its dtype; cond: [B, 77, d];
+            null: unconditional embeddings [B or 1, 77, d].
 
     Returns:
         The guided model output [B, 4, h, w] (what the scheduler's ``step`` takes).
     """
-    rows = z.shape[0]
-    dtype = pipe.unet.dtype
-    null = null.to(pipe.device, dtype).expand(rows, -1, -1)
+    # device and dtype from z: pipe.device and unet.dtype walk every module on each access
+    null = null.to(z.device, z.dtype).expand(z.shape[0], -1, -1)
     model_in = pipe.scheduler.scale_model_input(torch.cat([z, z]), t)
-    out = pipe.unet(model_in, t, encoder_hidden_states=torch.cat([null, cond.to(pipe.device, dtype)])).sample
+    out = pipe.unet(model_in, t, encoder_hidden_states=torch.cat([null, cond.to(z.device, z.dtype)])).sample
     out_uncond, out_cond = out.chunk(2)
     return out_uncond + guidance_scale * (out_cond - out_uncond)

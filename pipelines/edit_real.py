@@ -1,0 +1,211 @@
+"""Edit a real photo from the shell:
+
+    python -m pipelines.edit_real photo.jpg --src "a cat sitting on a bench" \\
+        --tgt "a dog sitting on a bench" --out results/
+
+Inverts the photo (null-text inversion by default), then edits it with Prompt-to-Prompt, and
+writes input.png, reconstruction.png, edit_1.png …, grid.png, attention_*.png (with
+--attention) and run.json into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.cli import (
+    OneLineParser,
+    UsageError,
+    add_edit_options,
+    parse_crop,
+    quiet_libraries,
+    run_cli,
+    spec_from_args,
+    versions,
+)
+
+log = logging.getLogger(__name__)
+PROG = "python -m pipelines.edit_real"
+
+
+def psnr(a, b) -> float:
+    """PSNR in dB between two same-size 8-bit images (inf when identical)."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+@dataclass
+class RealEdit:
+    """Everything one photo edit produced: the input as the model saw it, the inversion, the
+    edit result, and seconds per stage."""
+
+    input_image: object
+    inversion: object
+    result: object
+    seconds: dict = field(default_factory=dict)
+
+
+def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7.5, inner_steps=10,
+                  crop="center", cache_dir=None, attention=False, progress=True) -> RealEdit:
+    """Invert ``photo`` and edit it as ``spec`` says, on an already loaded pipeline."""
+    from data.images import load_image
+    from editing import EditSpecError, edit
+    from inversion import invert
+    from pipelines.codec import PromptError, check_prompt
+    from pipelines.models import image_size
+
+    for k, prompt in enumerate(spec.prompts):
+        try:
+            check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
+        except PromptError as exc:
+            raise EditSpecError(str(exc)) from None
+    image = load_image(photo, size=image_size(pipe), crop=crop)
+    started = time.perf_counter()
+    inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,
+                 num_inner_steps=inner_steps, progress=progress, cache_dir=cache_dir)
+    inverted = time.perf_counter()
+    result = edit(pipe, spec, inversion=inv, return_attention=attention, progress=progress)
+    seconds = {"inversion": inverted - started, "edit": time.perf_counter() - inverted}
+    return RealEdit(image, inv, result, seconds)
+
+
+def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1-4", pipe=None,
+                    inversion="null-text", steps=50, guidance=7.5, inner_steps=10, cross_replace=0.8,
+                    self_replace=0.4, reweight=None, blend=None, mode="auto", crop="center", seed=0,
+                    device=None, dtype=None, cache_dir=None, attention=False, progress=True):
+    """Edit a photo from Python (a notebook), as the command does, without writing files.
+
+    Args:
+        photo: a path or PIL image. src: the prompt describing it. tgts: a target prompt or a list.
+        pipe: an already loaded pipeline (else ``model`` is loaded on ``device`` in ``dtype``).
+        Other keywords: as the command's options (``blend`` is (source words, target words)).
+
+    Returns:
+        ``editing.EditResult``: ``images`` holds the reconstruction first, then one image per target.
+    """
+    import torch
+
+    from editing import EditSpec
+    from pipelines.models import load_pipeline
+
+    torch.manual_seed(seed)
+    spec = EditSpec(prompts=[src, *([tgts] if isinstance(tgts, str) else tgts)], mode=mode,
+                    cross_replace_steps=cross_replace, self_replace_steps=self_replace, reweight=reweight,
+                    blend_words=blend)
+    pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
+    return run_real_edit(pipe, photo, spec, method=inversion, steps=steps, guidance=guidance,
+                         inner_steps=inner_steps, crop=crop, cache_dir=cache_dir, attention=attention,
+                         progress=progress).result
+
+
+def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True) -> list[Path]:
+    """Write the pictures and run.json of one edit into ``out`` (staged, nothing half-written).
+
+    Returns the published file paths.
+    """
+    from editing import attention_pictures
+    from editing.visualize import captioned, grid
+    from pipelines.outputs import StagedOutput
+
+    result = run.result
+    started = time.perf_counter()
+    with StagedOutput(out) as staged:
+        tiles, names = [], []
+        if run.input_image is not None:
+            staged.save_image("input.png", run.input_image)
+            tiles.append(captioned(run.input_image, "input"))
+        first = "reconstruction.png" if reconstruction else "source.png"
+        staged.save_image(first, result.images[0])
+        tiles.append(captioned(result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
+        for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
+            staged.save_image(f"edit_{k}.png", image)
+            tiles.append(captioned(image, prompt))
+        staged.save_image("grid.png", grid(tiles))
+        if result.attention is not None:
+            staged.save_image("attention_source.png", attention_pictures(result, 0))
+            for k in range(1, len(spec.prompts)):
+                staged.save_image(f"attention_edit_{k}.png", attention_pictures(result, k))
+        names = sorted(p.name for p in staged.staging.iterdir()) + ["run.json"]
+        record = {
+            "parameters": parameters,
+            "prompts": spec.prompts,
+            "mode": spec.resolved_mode(),
+            "versions": versions(),
+            "seconds": {**seconds, "write": round(time.perf_counter() - started, 3)},
+            "unet_calls": {
+                "inversion_forward": run.inversion.stats.get("unet_forward", 0) if run.inversion else 0,
+                "inversion_backward": run.inversion.stats.get("unet_backward", 0) if run.inversion else 0,
+                "edit": result.stats.get("unet_calls", 0),
+                "attention_explicit": result.stats.get("explicit_attention_calls", 0),
+                "attention_fused": result.stats.get("fused_attention_calls", 0),
+            },
+            "outputs": [str(Path(out) / n) for n in names],
+        }
+        if run.inversion is not None:
+            value = psnr(result.images[0], run.input_image)
+            record["inversion"] = {
+                "method": run.inversion.method,
+                "cache_hit": bool(run.inversion.stats.get("cache_hit")),
+                "reconstruction_psnr_db": None if math.isinf(value) else round(value, 3),
+                "latent_error": run.inversion.stats.get("latent_error"),
+            }
+        staged.save_json("run.json", record)
+    return staged.published
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photo", help="the photo to edit (PNG, JPEG, WebP, …)")
+    add_edit_options(parser)
+    parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"], default="null-text",
+                        help="how the photo is inverted (default null-text)")
+    parser.add_argument("--inner-steps", type=int, default=10, help="null-text Adam steps per DDIM step (default 10)")
+    parser.add_argument("--crop", default="center", help="'center' or LEFT,RIGHT,TOP,BOTTOM pixel offsets cut first")
+    parser.add_argument("--cache-dir", default=None, help="folder of cached inversions (invert once, edit many)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.quiet)
+
+    def go() -> int:
+        import torch
+
+        from data.images import load_image
+        from pipelines.models import load_pipeline
+        from pipelines.outputs import check_writable
+
+        spec = spec_from_args(args)
+        crop = parse_crop(args.crop)
+        if args.inner_steps < 0:
+            raise UsageError(f"--inner-steps {args.inner_steps}: give 0 or more")
+        load_image(args.photo, size=8, crop=crop)  # a bad photo fails before the model loads
+        check_writable(Path(args.out))
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        loaded = time.perf_counter() - started
+        run = run_real_edit(pipe, args.photo, spec, method=args.inversion, steps=args.steps,
+                            guidance=args.guidance, inner_steps=args.inner_steps, crop=crop,
+                            cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet)
+        seconds = {"load_model": round(loaded, 3), **{k: round(v, 3) for k, v in run.seconds.items()}}
+        paths = write_outputs(args.out, run, spec, vars(args), seconds)
+        print(f"wrote {len(paths)} files to {args.out}: grid.png shows input | reconstruction | edits")
+        return 0
+
+    return run_cli(PROG, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,11 +16,15 @@ VPY="$VENV/bin/python"
 # torch first, so that the project's plain `torch` requirement is already met and pip never pulls
 # gigabytes of CUDA packages onto a machine without a GPU.
 if ! "$VPY" -c "import torch" 2>/dev/null; then
+  wheels=$(mktemp -d)
   if command -v nvidia-smi >/dev/null 2>&1; then
     "$VPY" -m pip install "torch>=2.13"                     # CUDA build from PyPI
-  elif ! "$VPY" -m pip install -q --no-index "torch==2.13.0" 2>/dev/null; then  # a local wheel (pip find-links)
+  elif "$VPY" -m pip download -q --no-deps --no-index "torch==2.13.0" -d "$wheels" >/dev/null 2>&1; then
+    "$VPY" -m pip install "$wheels"/torch-*.whl              # a CPU wheel pip already has locally (find-links)
+  else
     "$VPY" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
+  rm -rf "$wheels"
 fi
 # the project itself, editable, with the test tools; skipped when pyproject.toml is unchanged
 stamp="$VENV/.promptedit-installed"

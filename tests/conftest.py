@@ -21,3 +21,28 @@ def tiny_pipe():
 def tiny_pipe64():
     """The tiny pipeline in float64, for comparisons free of float32 rounding."""
     return load_pipeline("tiny", device="cpu", dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def metric_models(tmp_path_factory):
+    """Random-weight stand-ins for the metric models (no weights can be downloaded here): Tiny CLIP and DINO-shaped ViT saved as folders, loaded through the same from_pretrained."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
+
+    from pipelines.tokenizer import build_clip_tokenizer
+
+    root = tmp_path_factory.mktemp("metric-models")
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    ))
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=build_clip_tokenizer()).save_pretrained(root / "clip")
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             image_size=32, patch_size=8), add_pooling_layer=False)
+    vit.save_pretrained(root / "dino")
+    return {"clip": str(root / "clip"), "dino": str(root / "dino")}

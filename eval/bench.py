@@ -2,6 +2,7 @@
 
     python -m eval.bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--json]
     python -m eval.bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--inner-steps N] [--json]
+    python -m eval.bench dataset [--jobs 8] [--steps 20] [--json]
 
 Peak memory is the CUDA allocator's peak on a GPU, and on a CPU the peak resident set size
 above the level at the start of the measurement (sampled every 2 ms from /proc).
@@ -138,7 +139,8 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["p2p", "inversion"])
+    parser.add_argument("what", choices=["p2p", "inversion", "dataset"])
+    parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
     parser.add_argument("--sd15-steps", type=int, default=2, help="steps on sd15 (a CPU fits 1–3)")
@@ -153,6 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     rows = []
+    if args.what == "dataset":
+        from eval.bench_dataset import bench_dataset
+
+        steps = args.steps if args.steps != 50 else 20
+        _print_rows(bench_dataset(args.jobs, steps, args.inner_steps or 5), args.json)
+        return
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         steps = args.steps if model == "tiny" else args.sd15_steps
         repeats = args.repeats if model == "tiny" else 1

@@ -180,14 +180,16 @@ def versions() -> dict[str, str]:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave something unusable (reported without traceback)."""
     from data.images import ImageInputError
+    from data.pie_bench import ManifestError
     from editing import EditSpecError
+    from eval.lpips import MetricModelError
     from inversion import InversionCacheError, InversionError
     from pipelines.codec import PromptError
     from pipelines.models import ModelLoadError
     from pipelines.outputs import OutputError
 
     return (UsageError, ImageInputError, EditSpecError, PromptError, ModelLoadError, OutputError,
-            InversionError, InversionCacheError)
+            InversionError, InversionCacheError, ManifestError, MetricModelError)
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> int:

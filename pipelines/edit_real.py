@@ -107,8 +107,10 @@ def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1
                          progress=progress).result
 
 
-def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True) -> list[Path]:
-    """Write the pictures and run.json of one edit into ``out`` (staged, nothing half-written).
+def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
+                  extra: dict | None = None) -> list[Path]:
+    """Write the pictures and run.json of one edit into ``out`` (staged, nothing half-written);
+    ``extra`` adds top-level fields to run.json.
 
     Returns the published file paths.
     """
@@ -158,7 +160,7 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
                 "reconstruction_psnr_db": None if math.isinf(value) else round(value, 3),
                 "latent_error": run.inversion.stats.get("latent_error"),
             }
-        staged.save_json("run.json", record)
+        staged.save_json("run.json", {**record, **(extra or {})})
     return staged.published
 
 

@@ -1,0 +1,90 @@
+"""Dataset manifests as ``EditJob`` records: a JSONL file, or PIE-Bench's mapping file.
+
+A JSONL line: ``{"id": "cat1", "image": "photos/cat.jpg", "src": "...", "tgt": "..." | [...],
+...options}``; relative image paths are resolved against the manifest's folder. Any other key is
+a per-job edit option overriding the command line (``steps``, ``guidance``, ``mode``,
+``cross_replace``, ``self_replace``, ``reweight``, ``blend``, ``inversion``, ``inner_steps``,
+``crop``, ``blend_threshold``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.pie_bench import ManifestError, load_mapping
+
+OPTION_KEYS = {"steps", "guidance", "mode", "cross_replace", "self_replace", "reweight", "blend", "inversion",
+               "inner_steps", "crop", "blend_threshold"}
+# P2P settings of PIE-Bench's published runs (run_editing_p2p.py)
+PIE_BENCH_OPTIONS = {"cross_replace": 0.4, "self_replace": 0.6, "steps": 50, "guidance": 7.5}
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """One photo to edit: id (a folder name), image path, prompts, the dataset's settings for it
+    (``defaults``: PIE-Bench's published ones, which the command line overrides) and its own
+    ``options`` (a manifest line's, which override the command line)."""
+
+    id: str
+    image: Path
+    src: str
+    tgts: tuple[str, ...]
+    options: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+
+
+def read_jsonl(path: str | Path) -> list[EditJob]:
+    """Jobs of a JSONL manifest.
+
+    Raises:
+        ManifestError: the file is missing or a line is not a job (the message names the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    jobs, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where}: a line must be a JSON object with id, image, src, tgt")
+        missing = [k for k in ("id", "image", "src", "tgt") if k not in entry]
+        if missing:
+            raise ManifestError(f"{where}: missing {', '.join(missing)} (each line needs id, image, src, tgt)")
+        job_id = str(entry["id"])
+        if not _ID.match(job_id):
+            raise ManifestError(f"{where}: id {job_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        if job_id in seen:
+            raise ManifestError(f"{where}: id {job_id!r} appears twice; ids must be unique")
+        seen.add(job_id)
+        unknown = set(entry) - {"id", "image", "src", "tgt", "mask", "edit_type"} - OPTION_KEYS
+        if unknown:
+            raise ManifestError(f"{where}: unknown keys {sorted(unknown)}; options are {sorted(OPTION_KEYS)}")
+        tgts = entry["tgt"] if isinstance(entry["tgt"], list) else [entry["tgt"]]
+        image = Path(entry["image"]).expanduser()
+        jobs.append(EditJob(job_id, image if image.is_absolute() else path.parent / image, str(entry["src"]),
+                            tuple(str(t) for t in tgts), {k: v for k, v in entry.items() if k in OPTION_KEYS}))
+    return jobs
+
+
+def pie_bench_jobs(root: str | Path) -> list[EditJob]:
+    """Jobs for every PIE-Bench item with the published P2P settings: cross-replace 0.4,
+    self-replace 0.6, local blend on the blended words and the target word reweighted ×2 (where
+    the item names blended words), 50 steps, guidance 7.5."""
+    jobs = []
+    for item in load_mapping(root):
+        options = dict(PIE_BENCH_OPTIONS)
+        if item.blend_words is not None:
+            options["blend"] = [[item.blend_words[0]], [item.blend_words[1]]]
+            options["reweight"] = {item.blend_words[1]: 2.0}
+        jobs.append(EditJob(item.id, item.image, item.src, (item.tgt,), defaults=options))
+    return jobs

@@ -1,0 +1,294 @@
+"""Edit many photos, spread over every process accelerate starts:
+
+    accelerate launch -m pipelines.edit_dataset MANIFEST.jsonl --out DIR [edit options]
+    accelerate launch -m pipelines.edit_dataset --pie-bench PIE-Bench/ --out DIR
+    python -m pipelines.edit_dataset MANIFEST.jsonl --out DIR          # one process
+
+Each job's outputs (as edit_real's) go to DIR/items/<id>/, which is either complete or absent.
+DIR/results.jsonl has one line per finished job, DIR/errors.jsonl one per failed job. Running the
+same command again skips finished jobs and redoes the rest; changed options are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipelines.cli import (
+    OneLineParser,
+    UsageError,
+    parse_blend,
+    parse_crop,
+    parse_cross_replace,
+    parse_reweight,
+    parse_steps,
+    quiet_libraries,
+    run_cli,
+)
+
+log = logging.getLogger(__name__)
+PROG = "python -m pipelines.edit_dataset"
+DEFAULTS = {"steps": 50, "guidance": 7.5, "mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "reweight": None,
+            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "blend_threshold": 0.3}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", nargs="?", type=Path, help="JSONL manifest (id, image, src, tgt, options)")
+    parser.add_argument("--pie-bench", type=Path, metavar="ROOT", help="PIE-Bench root instead of a manifest")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4", help="hub id, local folder or 'tiny'")
+    parser.add_argument("--device", default=None, help="default: this process's accelerator device")
+    parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=1, help="photos inverted together in one UNet batch")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="inversion cache (default DIR/inversions)")
+    # edit options: None means "not given" so that PIE-Bench's settings and per-job values apply
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--mode", choices=["auto", "replace", "refine"])
+    parser.add_argument("--cross-replace", action="append", metavar="F|S,E|WORD=F")
+    parser.add_argument("--self-replace", metavar="F|S,E")
+    parser.add_argument("--reweight", action="append", metavar="WORD=SCALE")
+    parser.add_argument("--blend", action="append", metavar="SRC:TGT")
+    parser.add_argument("--blend-threshold", type=float)
+    parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"])
+    parser.add_argument("--inner-steps", type=int)
+    parser.add_argument("--crop")
+    parser.add_argument("--score", action="store_true", help="score the results with eval.score afterwards")
+    parser.add_argument("--clip-model", default=None, help="for --score")
+    parser.add_argument("--dino-model", default=None, help="for --score")
+    parser.add_argument("--lpips-backbone", default=None, help="for --score")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def given_options(args) -> dict:
+    """The edit options given on the command line, as JSON-native values."""
+    parsed = {
+        "steps": args.steps, "guidance": args.guidance, "mode": args.mode,
+        "cross_replace": parse_cross_replace(args.cross_replace) if args.cross_replace else None,
+        "self_replace": parse_steps(args.self_replace, "--self-replace") if args.self_replace else None,
+        "reweight": parse_reweight(args.reweight), "blend": parse_blend(args.blend),
+        "inversion": args.inversion, "inner_steps": args.inner_steps,
+        "crop": parse_crop(args.crop) if args.crop else None, "blend_threshold": args.blend_threshold,
+    }
+    return {k: v for k, v in parsed.items() if v is not None}
+
+
+def job_options(job, given: dict) -> dict:
+    """A job's options: the defaults, the dataset's settings (PIE-Bench's), the command line,
+    then the job's own manifest values, each overriding the one before."""
+    return {**DEFAULTS, **job.defaults, **given, **job.options}
+
+
+def job_spec(job, options: dict):
+    """The ``EditSpec`` of a job (raises EditSpecError for a bad prompt or word)."""
+    from editing import EditSpec
+
+    def steps(value):
+        return tuple(value) if isinstance(value, list) else value
+
+    cross = options["cross_replace"]
+    cross = {k: steps(v) for k, v in cross.items()} if isinstance(cross, dict) else steps(cross)
+    blend = options["blend"]
+    if isinstance(blend, str):
+        blend = parse_blend([blend])
+    return EditSpec(prompts=[job.src, *job.tgts], mode=options["mode"], cross_replace_steps=cross,
+                    self_replace_steps=steps(options["self_replace"]), reweight=options["reweight"],
+                    blend_words=blend, blend_threshold=options["blend_threshold"])
+
+
+def run_fingerprint(args, given: dict, jobs) -> dict:
+    """What must not change between a run and its resumption: model, options, the job list."""
+    listing = json.dumps([[j.id, str(j.image), j.src, list(j.tgts), j.options, j.defaults] for j in jobs],
+                         sort_keys=True, default=str)
+    return {"model": str(args.model), "dtype": args.dtype, "seed": args.seed, "options": given,
+            "jobs_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def check_resume(out: Path, fingerprint: dict) -> None:
+    """Refuse to mix a rerun with changed options into an existing output folder."""
+    path = out / "run_config.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != json.loads(json.dumps(fingerprint.get(k), default=str)))
+    if changed:
+        raise UsageError(f"{out} holds a run with other settings ({', '.join(changed)} changed): "
+                         "rerun with the same options to resume, or use a new --out")
+
+
+def _complete(items: Path, job_id: str) -> bool:
+    return (items / job_id / "run.json").is_file()
+
+
+def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_done) -> list[dict]:
+    """Invert and edit this process's jobs; returns error records. A bad job fails alone."""
+    from data.images import load_image
+    from editing import edit
+    from inversion import invert
+    from pipelines.codec import check_prompt
+    from pipelines.edit_real import RealEdit, write_outputs
+    from pipelines.models import image_size
+
+    errors = []
+    ready = []
+    for job in jobs:
+        options = job_options(job, given)
+        try:
+            spec = job_spec(job, options)
+            for k, prompt in enumerate(spec.prompts):
+                check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
+            crop = options["crop"] if isinstance(options["crop"], str) else tuple(options["crop"])
+            image = load_image(job.image, size=image_size(pipe), crop=crop)
+            ready.append((job, options, spec, image))
+        except Exception as exc:  # any failure is this job's alone
+            errors.append({"id": job.id, "error": f"{type(exc).__name__}: {exc}", "process_index": process_index})
+            on_done(failed=True)
+
+    def key(entry):
+        o = entry[1]
+        return (o["inversion"], o["steps"], o["guidance"], o["inner_steps"])
+
+    cache = args.cache_dir or args.out / "inversions"
+    batch_size = args.batch_size
+    while ready:
+        first = key(ready[0])
+        batch = [e for e in ready if key(e) == first][:batch_size]
+        ready = [e for e in ready if e not in batch]
+        o = batch[0][1]
+        started = time.perf_counter()
+        try:
+            inversions = invert(pipe, [e[3] for e in batch], [e[2].prompts[0] for e in batch], method=o["inversion"],
+                                num_steps=o["steps"], guidance_scale=o["guidance"], num_inner_steps=o["inner_steps"],
+                                progress=False, cache_dir=cache)
+        except Exception as exc:
+            if len(batch) > 1:  # retry one by one so that one bad photo does not fail its neighbours
+                ready = [*batch, *ready]
+                batch_size = 1
+                continue
+            errors.append({"id": batch[0][0].id, "error": f"{type(exc).__name__}: {exc}", "process_index": process_index})
+            on_done(failed=True)
+            continue
+        inverted = (time.perf_counter() - started) / len(batch)
+        for (job, options, spec, image), inv in zip(batch, inversions):
+            try:
+                started = time.perf_counter()
+                result = edit(pipe, spec, inversion=inv)
+                seconds = {"inversion": round(inverted, 3), "edit": round(time.perf_counter() - started, 3)}
+                parameters = {"id": job.id, "image": str(job.image), **options, "model": str(args.model),
+                              "process_index": process_index}
+                write_outputs(items / job.id, RealEdit(image, inv, result), spec, parameters, seconds,
+                              extra={"id": job.id, "process_index": process_index})
+                on_done(failed=False)
+            except Exception as exc:
+                errors.append({"id": job.id, "error": f"{type(exc).__name__}: {exc}", "process_index": process_index})
+                on_done(failed=True)
+    return errors
+
+
+def merge_results(out: Path, jobs) -> int:
+    """Write DIR/results.jsonl from the complete item folders (one line per finished job, in
+    manifest order); returns the number of lines."""
+    from eval.report import atomic_write
+
+    lines = []
+    for job in jobs:
+        run_file = out / "items" / job.id / "run.json"
+        if run_file.is_file():
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+            lines.append(json.dumps({"id": job.id, "process_index": run.get("process_index"), "prompts": run.get("prompts"),
+                                     "inversion": run.get("inversion"), "seconds": run.get("seconds"),
+                                     "folder": str(run_file.parent)}))
+    atomic_write(out / "results.jsonl", "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command (one accelerate process of it); returns its exit code."""
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.quiet)
+
+    def go() -> int:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import gather_object
+        from tqdm.auto import tqdm
+
+        from data.manifest import pie_bench_jobs, read_jsonl
+        from eval.report import atomic_write
+        from pipelines.models import load_pipeline
+        from pipelines.outputs import check_writable
+
+        if (args.manifest is None) == (args.pie_bench is None):
+            raise UsageError("give a manifest file or --pie-bench ROOT (one of them)")
+        if args.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        jobs = pie_bench_jobs(args.pie_bench) if args.pie_bench else read_jsonl(args.manifest)
+        given = given_options(args)
+        check_writable(args.out)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        rank, world = accelerator.process_index, accelerator.num_processes
+        items = args.out / "items"
+        fingerprint = run_fingerprint(args, given, jobs)
+        try:
+            if accelerator.is_main_process:
+                check_resume(args.out, fingerprint)
+                items.mkdir(parents=True, exist_ok=True)
+                atomic_write(args.out / "run_config.json", json.dumps(fingerprint, indent=2, default=str) + "\n")
+                for stale in items.glob(".*.partial-*"):  # left by a killed run
+                    shutil.rmtree(stale, ignore_errors=True)
+            accelerator.wait_for_everyone()
+            todo = [j for j in jobs if not _complete(items, j.id)]
+            skipped = len(jobs) - len(todo)
+            torch.manual_seed(args.seed)
+            pipe = load_pipeline(args.model, device=args.device or accelerator.device, dtype=args.dtype)
+            bar = tqdm(total=len(jobs), initial=skipped, desc="jobs", disable=args.quiet or not accelerator.is_main_process)
+            failed_here = [0]
+
+            def on_done(failed: bool) -> None:
+                # every process writes into items/: the main process's bar counts them all
+                failed_here[0] += failed
+                bar.n = sum(1 for j in jobs if _complete(items, j.id)) + failed_here[0]
+                bar.set_postfix(failed=failed_here[0], processes=world)
+                bar.refresh()
+
+            with accelerator.split_between_processes(todo) as mine:
+                errors = _process_jobs(pipe, mine, given, args, items, rank, on_done)
+            bar.close()
+            all_errors = gather_object(errors) if world > 1 else errors
+            accelerator.wait_for_everyone()
+            code = 0
+            if accelerator.is_main_process:
+                all_errors = sorted(all_errors, key=lambda e: e["id"])
+                atomic_write(args.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in all_errors))
+                finished = merge_results(args.out, jobs)
+                print(f"{finished} of {len(jobs)} jobs done ({skipped} were already done), {len(all_errors)} failed; "
+                      f"results in {args.out / 'results.jsonl'}" + (f", errors in {args.out / 'errors.jsonl'}" if all_errors else ""))
+                if args.score:
+                    from eval.score import main as score_main
+
+                    extra = ["--pie-bench", str(args.pie_bench)] if args.pie_bench else ["--manifest", str(args.manifest)]
+                    for flag, value in (("--clip-model", args.clip_model), ("--dino-model", args.dino_model),
+                                        ("--lpips-backbone", args.lpips_backbone)):
+                        if value:
+                            extra += [flag, value]
+                    code = score_main([str(items), *extra, "--out", str(args.out / "report"), "--quiet"])
+                code = code or (1 if all_errors else 0)
+            accelerator.wait_for_everyone()
+            return code
+        finally:
+            accelerator.end_training()
+
+    return run_cli(PROG, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from editing.align import refinement_mapper, replacement_mapper, word_token_indices
+from editing.align import WordNotFoundError, refinement_mapper, replacement_mapper, word_token_indices
 from editing.controllers import (
     AttentionStore,
     LocalBlend,
@@ -51,6 +51,17 @@ class EditResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def _in_targets(targets: list[str], word: str, tokenizer) -> list[tuple[int, list[int]]]:
+    """(target index, token positions) for each target prompt containing ``word``."""
+    found = []
+    for k, prompt in enumerate(targets):
+        try:
+            found.append((k, word_token_indices(prompt, word, tokenizer)))
+        except WordNotFoundError:
+            continue  # EditSpec checked that some target has it
+    return found
+
+
 def cross_alpha(spec: EditSpec, tokenizer, num_steps: int) -> torch.Tensor:
     """The cross-replace schedule α [T+1, K, 77]: for target k and token j, 1 at steps
     ``int(start·(T+1)) ≤ t < int(end·(T+1))`` of the window that applies to j (a word's own
@@ -70,11 +81,8 @@ def cross_alpha(spec: EditSpec, tokenizer, num_steps: int) -> torch.Tensor:
     for word, window in windows.items():
         if word == "default_":
             continue
-        for k, prompt in enumerate(targets):
-            try:
-                fill(window, k, word_token_indices(prompt, word, tokenizer))
-            except ValueError:
-                continue  # the word is in another target prompt
+        for k, tokens in _in_targets(targets, word, tokenizer):
+            fill(window, k, tokens)
     return alpha
 
 
@@ -100,11 +108,8 @@ def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool 
     if spec.reweight:
         equalizer = torch.ones(len(targets), L)
         for word, scale in spec.reweight.items():
-            for k, prompt in enumerate(targets):
-                try:
-                    equalizer[k, word_token_indices(prompt, word, tokenizer)] = float(scale)
-                except ValueError:
-                    continue
+            for k, tokens in _in_targets(targets, word, tokenizer):
+                equalizer[k, tokens] = float(scale)
         cross = reweight_edit(equalizer, cross)
     start, end = spec.self_window
     blend = None

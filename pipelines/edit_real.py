@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.cli import (
     OneLineParser,
     UsageError,
@@ -33,14 +31,6 @@ from pipelines.cli import (
 
 log = logging.getLogger(__name__)
 PROG = "python -m pipelines.edit_real"
-
-
-def psnr(a, b) -> float:
-    """PSNR in dB between two same-size 8-bit images (inf when identical)."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    mse = float(np.mean((x - y) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 @dataclass
@@ -153,6 +143,8 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
             "outputs": [str(Path(out) / n) for n in names],
         }
         if run.inversion is not None:
+            from eval.metrics import psnr
+
             value = psnr(result.images[0], run.input_image)
             record["inversion"] = {
                 "method": run.inversion.method,

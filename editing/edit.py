@@ -134,6 +134,15 @@ def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool 
     )
 
 
+def check_prompts(tokenizer, spec: EditSpec) -> None:
+    """Raise EditSpecError if a prompt of ``spec`` is longer than the text encoder takes."""
+    for k, prompt in enumerate(spec.prompts):
+        try:
+            check_prompt(tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
+        except PromptError as exc:
+            raise EditSpecError(str(exc)) from None
+
+
 def prompt_tokens(tokenizer, prompt: str) -> list[str]:
     """The prompt's tokens as text, start and end tokens included."""
     ids = tokenizer(prompt).input_ids
@@ -171,11 +180,7 @@ def edit(
     Raises:
         EditSpecError: a prompt is over 77 tokens or the inputs disagree; raised before denoising.
     """
-    for k, prompt in enumerate(spec.prompts):
-        try:
-            check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
-        except PromptError as exc:
-            raise EditSpecError(str(exc)) from None
+    check_prompts(pipe.tokenizer, spec)
     if inversion is not None:
         if latents is not None or null_embeddings is not None:
             raise EditSpecError("pass either inversion= or latents=/null_embeddings=, not both")

@@ -133,8 +133,8 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
     """Invert and edit this process's jobs; returns error records. A bad job fails alone."""
     from data.images import load_image
     from editing import edit
+    from editing.edit import check_prompts
     from inversion import invert
-    from pipelines.codec import check_prompt
     from pipelines.edit_real import RealEdit, write_outputs
     from pipelines.models import image_size
 
@@ -144,8 +144,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
         options = job_options(job, given)
         try:
             spec = job_spec(job, options)
-            for k, prompt in enumerate(spec.prompts):
-                check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
+            check_prompts(pipe.tokenizer, spec)
             crop = options["crop"] if isinstance(options["crop"], str) else tuple(options["crop"])
             image = load_image(job.image, size=image_size(pipe), crop=crop)
             ready.append((job, options, spec, image))

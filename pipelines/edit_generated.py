@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         import torch
 
-        from editing import EditSpecError, edit
-        from pipelines.codec import PromptError, check_prompt
+        from editing import edit
         from pipelines.models import load_pipeline
         from pipelines.outputs import check_writable
 
@@ -40,11 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         loaded = time.perf_counter() - started
-        for k, prompt in enumerate(spec.prompts):
-            try:
-                check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
-            except PromptError as exc:
-                raise EditSpecError(str(exc)) from None
         generator = torch.Generator().manual_seed(args.seed)
         started = time.perf_counter()
         result = edit(pipe, spec, generator=generator, num_steps=args.steps, guidance_scale=args.guidance,

@@ -48,16 +48,12 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
                   crop="center", cache_dir=None, attention=False, progress=True) -> RealEdit:
     """Invert ``photo`` and edit it as ``spec`` says, on an already loaded pipeline."""
     from data.images import load_image
-    from editing import EditSpecError, edit
+    from editing import edit
+    from editing.edit import check_prompts
     from inversion import invert
-    from pipelines.codec import PromptError, check_prompt
     from pipelines.models import image_size
 
-    for k, prompt in enumerate(spec.prompts):
-        try:
-            check_prompt(pipe.tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
-        except PromptError as exc:
-            raise EditSpecError(str(exc)) from None
+    check_prompts(pipe.tokenizer, spec)  # before the inversion, which is the long part
     image = load_image(photo, size=image_size(pipe), crop=crop)
     started = time.perf_counter()
     inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,

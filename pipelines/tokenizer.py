@@ -9,7 +9,6 @@ then the start and end tokens, 49,408 entries in all.
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 from transformers import CLIPTokenizer

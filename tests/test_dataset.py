@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]

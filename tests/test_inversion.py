@@ -10,7 +10,6 @@ from editing import EditSpec, edit
 from inversion import Inversion, InversionError, invert, reconstruct, reconstruct_latent
 from inversion.invert import _key
 from inversion.null_text import null_text_optimization
-from inversion.result import cache_path
 
 PHOTO = "assets/chelsea.png"
 PROMPT = "a cat sitting on a wooden floor"

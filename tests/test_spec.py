@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from editing import EditSpec, EditSpecError, edit
 

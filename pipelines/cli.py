@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Callable
 
 
@@ -130,9 +131,16 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"],
                         help="default fp16 on CUDA, fp32 elsewhere")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/<name>-<date>-<time>)")
     parser.add_argument("--attention", action="store_true", help="also save attention-map pictures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, only the final line")
+
+
+def default_out(name: str) -> str:
+    """A fresh output folder under ./outputs for a run called ``name``."""
+    import time
+
+    return str(Path("outputs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def spec_from_args(args: argparse.Namespace):

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.cli import OneLineParser, add_edit_options, quiet_libraries, run_cli, spec_from_args
+from pipelines.cli import OneLineParser, add_edit_options, default_out, quiet_libraries, run_cli, spec_from_args
 from pipelines.edit_real import RealEdit, write_outputs
 
 PROG = "python -m pipelines.edit_generated"
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_edit_options(parser)
     args = parser.parse_args(argv)
+    args.out = args.out or default_out(f"generated-seed{args.seed}")
     quiet_libraries(args.quiet)
 
     def go() -> int:

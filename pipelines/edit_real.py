@@ -22,6 +22,7 @@ from pipelines.cli import (
     OneLineParser,
     UsageError,
     add_edit_options,
+    default_out,
     parse_crop,
     quiet_libraries,
     run_cli,
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit code."""
     args = build_parser().parse_args(argv)
+    args.out = args.out or default_out(Path(args.photo).stem or "photo")
     quiet_libraries(args.quiet)
 
     def go() -> int:

@@ -151,3 +151,13 @@ def test_readme_quickstart_first_command_runs_verbatim():
     assert "outputs/quickstart" in proc.stdout
     for name in ("input.png", "reconstruction.png", "edit_1.png", "grid.png", "run.json"):
         assert (out / name).is_file(), name
+
+
+def test_out_defaults_to_a_fresh_folder_under_outputs(tmp_path):
+    photo = tmp_path / "kitty.png"
+    photo.write_bytes(Path(PHOTO).read_bytes())
+    proc = cli("pipelines.edit_real", str(photo), "--src", "a cat", "--tgt", "a dog", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    made = list((tmp_path / "outputs").iterdir())
+    assert len(made) == 1 and made[0].name.startswith("kitty-")
+    assert (made[0] / "grid.png").is_file() and str(Path("outputs") / made[0].name) in proc.stdout

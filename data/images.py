@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from pathlib import Path
 from typing import Union
@@ -14,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 8192 * 8192
 
 Crop = Union[str, tuple[int, int, int, int]]
+log = logging.getLogger(__name__)
 
 
 class ImageInputError(ValueError):
@@ -33,10 +35,10 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             image = Image.open(path)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image file Pillow can read. Pass a PNG, JPEG, WebP, TIFF or BMP photo.") from None
-    except OSError as exc:
-        raise ImageInputError(f"{path}: cannot be read ({exc}).") from None
     except Image.DecompressionBombError:
         raise ImageInputError(f"{path}: the image is too large to decode safely. Downscale it below {max_pixels} pixels.") from None
+    except Exception as exc:  # a damaged header can surface as OSError, ValueError, struct.error, ...
+        raise ImageInputError(f"{path}: cannot be read ({type(exc).__name__}: {exc}).") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageInputError(
@@ -45,7 +47,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         )
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many kinds on damaged data
         raise ImageInputError(f"{path}: the image data is damaged or truncated ({exc}). Re-copy or re-export the photo.") from None
     return image
 
@@ -127,8 +129,15 @@ def load_image(
         image = path
     else:
         image = _open(Path(path).expanduser(), max_pixels)
-    image = ImageOps.exif_transpose(image) or image
-    return square_crop(to_rgb(image), size, crop)
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception as exc:  # a damaged EXIF block should not cost the user the photo
+        log.warning("ignoring the unreadable EXIF orientation of %s: %s", path, exc)
+    try:
+        rgb = to_rgb(image)
+    except Exception as exc:
+        raise ImageInputError(f"{path}: cannot convert {image.mode} pixels to RGB ({exc}).") from None
+    return square_crop(rgb, size, crop)
 
 
 def image_hash(image: Image.Image) -> str:

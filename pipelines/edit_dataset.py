@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             def on_done(failed: bool) -> None:
                 # every process writes into items/: the main process's bar counts them all
                 failed_here[0] += failed
-                bar.n = sum(1 for j in jobs if _complete(items, j.id)) + failed_here[0]
+                # one listing, not a stat per job: item folders appear only when complete
+                bar.n = sum(1 for e in os.scandir(items) if not e.name.startswith(".")) + failed_here[0]
                 bar.set_postfix(failed=failed_here[0], processes=world)
                 bar.refresh()
 

@@ -161,8 +161,9 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
     batch_size = args.batch_size
     while ready:
         first = key(ready[0])
-        batch = [e for e in ready if key(e) == first][:batch_size]
-        ready = [e for e in ready if e not in batch]
+        chosen = set([i for i, e in enumerate(ready) if key(e) == first][:batch_size])
+        batch = [e for i, e in enumerate(ready) if i in chosen]
+        ready = [e for i, e in enumerate(ready) if i not in chosen]  # by position: == on images compares pixels
         o = batch[0][1]
         started = time.perf_counter()
         try:

@@ -148,6 +148,7 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
                 "cache_hit": bool(run.inversion.stats.get("cache_hit")),
                 "reconstruction_psnr_db": None if math.isinf(value) else round(value, 3),
                 "latent_error": run.inversion.stats.get("latent_error"),
+                "batch_size": run.inversion.stats.get("batch_size", 1),
             }
         staged.save_json("run.json", {**record, **(extra or {})})
     return staged.published

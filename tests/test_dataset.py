@@ -30,7 +30,8 @@ def _manifest(folder: Path, good: int = 6, extra=()):
     photo = Image.open(ROOT / "assets" / "chelsea.png").convert("RGB")
     lines = []
     for i in range(good):
-        variant = ImageOps.mirror(photo) if i % 2 else photo.rotate(15 * i)
+        variant = photo.rotate(15 * i)  # every photo differs: no job is served by another's cached inversion
+        variant = ImageOps.mirror(variant) if i % 2 else variant
         variant.save(folder / f"p{i}.png")
         lines.append({"id": f"job{i}", "image": f"p{i}.png", "src": "a cat", "tgt": "a dog"})
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -134,6 +135,15 @@ def test_per_job_overrides_and_changed_options(tmp_path):
     assert plain["parameters"]["steps"] == 3 and plain["unet_calls"]["edit"] == 3  # the command line's
     changed = _single(str(manifest), "--out", str(out), "--model", "tiny", "--steps", "4", "--inner-steps", "1", "--quiet")
     assert changed.returncode == 2 and "other settings" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_batched_inversion_in_a_dataset(tmp_path):
+    manifest, out = _manifest(tmp_path, good=4), tmp_path / "out"
+    proc = _single(str(manifest), "--out", str(out), "--batch-size", "3", *FAST)
+    assert proc.returncode == 1 and "4 of 6 jobs done" in proc.stdout  # the two bad jobs fail alone
+    sizes = sorted(json.loads((out / "items" / f"job{i}" / "run.json").read_text())["inversion"]["batch_size"]
+                   for i in range(4))
+    assert sizes == [1, 3, 3, 3]  # 3 photos inverted in one UNet batch, then the last one
 
 
 def test_bad_manifest_is_one_line(tmp_path):

@@ -145,19 +145,34 @@ def default_out(name: str) -> str:
 
 def spec_from_args(args: argparse.Namespace):
     """Build the ``EditSpec`` the options describe (raises UsageError or EditSpecError)."""
-    from editing import EditSpec
-
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps}: give at least 1 step (the papers use 50)")
-    return EditSpec(
-        prompts=[args.src, *args.tgt],
-        mode=args.mode,
-        cross_replace_steps=parse_cross_replace(args.cross_replace),
-        self_replace_steps=parse_steps(args.self_replace, "--self-replace"),
-        reweight=parse_reweight(args.reweight),
-        blend_words=parse_blend(args.blend),
-        blend_threshold=args.blend_threshold,
-    )
+    return spec_from_options([args.src, *args.tgt], {
+        "mode": args.mode,
+        "cross_replace": parse_cross_replace(args.cross_replace),
+        "self_replace": parse_steps(args.self_replace, "--self-replace"),
+        "reweight": parse_reweight(args.reweight),
+        "blend": parse_blend(args.blend),
+        "blend_threshold": args.blend_threshold,
+    })
+
+
+def spec_from_options(prompts: list[str], options: dict):
+    """The ``EditSpec`` for ``prompts`` from option values as the command line parses them or a
+    JSON manifest gives them (lists where the command line has tuples, "SRC:TGT" blends)."""
+    from editing import EditSpec
+
+    def steps(value):
+        return tuple(value) if isinstance(value, list) else value
+
+    cross = options["cross_replace"]
+    cross = {k: steps(v) for k, v in cross.items()} if isinstance(cross, dict) else steps(cross)
+    blend = options["blend"]
+    if isinstance(blend, str):
+        blend = parse_blend([blend])
+    return EditSpec(prompts=list(prompts), mode=options["mode"], cross_replace_steps=cross,
+                    self_replace_steps=steps(options["self_replace"]), reweight=options["reweight"],
+                    blend_words=blend, blend_threshold=options["blend_threshold"])
 
 
 def quiet_libraries(quiet: bool) -> None:

@@ -31,6 +31,7 @@ from pipelines.cli import (
     parse_steps,
     quiet_libraries,
     run_cli,
+    spec_from_options,
 )
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,7 @@ def job_options(job, given: dict) -> dict:
 
 def job_spec(job, options: dict):
     """The ``EditSpec`` of a job (raises EditSpecError for a bad prompt or word)."""
-    from editing import EditSpec
-
-    def steps(value):
-        return tuple(value) if isinstance(value, list) else value
-
-    cross = options["cross_replace"]
-    cross = {k: steps(v) for k, v in cross.items()} if isinstance(cross, dict) else steps(cross)
-    blend = options["blend"]
-    if isinstance(blend, str):
-        blend = parse_blend([blend])
-    return EditSpec(prompts=[job.src, *job.tgts], mode=options["mode"], cross_replace_steps=cross,
-                    self_replace_steps=steps(options["self_replace"]), reweight=options["reweight"],
-                    blend_words=blend, blend_threshold=options["blend_threshold"])
+    return spec_from_options([job.src, *job.tgts], options)
 
 
 def run_fingerprint(args, given: dict, jobs) -> dict:

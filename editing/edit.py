@@ -21,7 +21,7 @@ from editing.controllers import (
 )
 from editing.sampler import denoise
 from editing.spec import EditSpec, EditSpecError
-from pipelines.codec import PromptError, check_prompt, decode_latents, encode_text
+from models.codec import PromptError, check_prompt, decode_latents, encode_text
 
 log = logging.getLogger(__name__)
 L = 77

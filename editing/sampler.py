@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from editing.controllers import Controller
 from editing.processor import controlled_attention
-from pipelines.guidance import guided_noise
+from models.guidance import guided_noise
 
 
 @torch.no_grad()

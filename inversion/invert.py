@@ -16,9 +16,9 @@ from inversion.ddim import ddim_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
 from inversion.null_text import InversionError, null_text_optimization
 from inversion.result import Inversion, cache_key, cache_path, load_cached
-from pipelines.codec import PromptError, check_prompt, decode_latents, encode_image, encode_text
-from pipelines.guidance import guided_noise
-from pipelines.models import image_size
+from models.codec import PromptError, check_prompt, decode_latents, encode_image, encode_text
+from models.guidance import guided_noise
+from models.loading import image_size
 
 log = logging.getLogger(__name__)
 METHODS = ("null-text", "negative-prompt", "ddim")

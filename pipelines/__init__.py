@@ -9,7 +9,7 @@ def __getattr__(name: str):
 
         return edit_real_photo
     if name == "load_pipeline":
-        from pipelines.models import load_pipeline
+        from models.loading import load_pipeline
 
         return load_pipeline
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

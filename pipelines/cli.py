@@ -207,8 +207,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from editing import EditSpecError
     from eval.lpips import MetricModelError
     from inversion import InversionCacheError, InversionError
-    from pipelines.codec import PromptError
-    from pipelines.models import ModelLoadError
+    from models.codec import PromptError
+    from models.loading import ModelLoadError
     from pipelines.outputs import OutputError
 
     return (UsageError, ImageInputError, EditSpecError, PromptError, ModelLoadError, OutputError,

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"])
     parser.add_argument("--inner-steps", type=int)
     parser.add_argument("--crop")
-    parser.add_argument("--score", action="store_true", help="score the results with eval.score afterwards")
+    parser.add_argument("--score", action="store_true", help="score the results with pipelines.score afterwards")
     parser.add_argument("--clip-model", default=None, help="for --score")
     parser.add_argument("--dino-model", default=None, help="for --score")
     parser.add_argument("--lpips-backbone", default=None, help="for --score")
@@ -126,7 +126,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
     from editing.edit import check_prompts
     from inversion import invert
     from pipelines.edit_real import RealEdit, write_outputs
-    from pipelines.models import image_size
+    from models.loading import image_size
 
     errors = []
     ready = []
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from data.manifest import pie_bench_jobs, read_jsonl
         from eval.report import atomic_write
-        from pipelines.models import load_pipeline
+        from models.loading import load_pipeline
         from pipelines.outputs import check_writable
 
         if (args.manifest is None) == (args.pie_bench is None):
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{finished} of {len(jobs)} jobs done ({skipped} were already done), {len(all_errors)} failed; "
                       f"results in {args.out / 'results.jsonl'}" + (f", errors in {args.out / 'errors.jsonl'}" if all_errors else ""))
                 if args.score:
-                    from eval.score import main as score_main
+                    from pipelines.score import main as score_main
 
                     extra = ["--pie-bench", str(args.pie_bench)] if args.pie_bench else ["--manifest", str(args.manifest)]
                     for flag, value in (("--clip-model", args.clip_model), ("--dino-model", args.dino_model),

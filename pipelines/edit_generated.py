@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from editing import edit
-        from pipelines.models import load_pipeline
+        from models.loading import load_pipeline
         from pipelines.outputs import check_writable
 
         spec = spec_from_args(args)

@@ -52,7 +52,7 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
     from editing import edit
     from editing.edit import check_prompts
     from inversion import invert
-    from pipelines.models import image_size
+    from models.loading import image_size
 
     check_prompts(pipe.tokenizer, spec)  # before the inversion, which is the long part
     image = load_image(photo, size=image_size(pipe), crop=crop)
@@ -82,7 +82,7 @@ def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1
     import torch
 
     from editing import EditSpec
-    from pipelines.models import load_pipeline
+    from models.loading import load_pipeline
 
     torch.manual_seed(seed)
     spec = EditSpec(prompts=[src, *([tgts] if isinstance(tgts, str) else tgts)], mode=mode,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from data.images import load_image
-        from pipelines.models import load_pipeline
+        from models.loading import load_pipeline
         from pipelines.outputs import check_writable
 
         spec = spec_from_args(args)

@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from pipelines.models import load_pipeline
+from models.loading import load_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def metric_models(tmp_path_factory):
     """Random-weight stand-ins for the metric models (no weights can be downloaded here): Tiny CLIP and DINO-shaped ViT saved as folders, loaded through the same from_pretrained."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
-    from pipelines.tokenizer import build_clip_tokenizer
+    from models.tokenizer import build_clip_tokenizer
 
     root = tmp_path_factory.mktemp("metric-models")
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from editing.align import (
     word_spans,
     word_token_indices,
 )
-from pipelines.tokenizer import build_clip_tokenizer
+from models.tokenizer import build_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

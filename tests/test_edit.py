@@ -7,7 +7,7 @@ from editing import EditSpec, attention_pictures, build_controller, edit
 from editing.align import replacement_mapper, refinement_mapper, word_token_indices
 from editing.processor import controlled_attention
 from editing.sampler import denoise
-from pipelines.codec import encode_text
+from models.codec import encode_text
 
 STEPS = 10
 

@@ -87,7 +87,7 @@ def test_nonfinite_loss_is_a_clear_error(tiny_pipe):
 
 
 def test_low_precision_model_keeps_float32_embeddings():
-    from pipelines.models import load_pipeline
+    from models.loading import load_pipeline
 
     pipe = load_pipeline("tiny", device="cpu", dtype=torch.bfloat16)
     inv = invert(pipe, PHOTO, PROMPT, num_steps=2, num_inner_steps=2, progress=False)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipelines.models import ModelLoadError, image_size, load_pipeline
-from pipelines.tiny import build_tiny_pipeline
+from models.loading import ModelLoadError, image_size, load_pipeline
+from models.tiny import build_tiny_pipeline
 
 
 def _state(pipe):

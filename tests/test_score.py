@@ -1,4 +1,4 @@
-"""PIE-Bench reading, the report, and `python -m eval.score` on a results folder."""
+"""PIE-Bench reading, the report, and `python -m pipelines.score` on a results folder."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 
 from data.pie_bench import by_edit_type, clean_prompt, decode_mask, load_mapping
 from eval import report
-from eval.score import main as score_main
+from pipelines.score import main as score_main
 
 
 def test_decode_mask_hand_made():

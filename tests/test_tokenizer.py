@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.tokenizer import VOCAB_SIZE, build_clip_tokenizer, check_tokenizer
+from models.tokenizer import VOCAB_SIZE, build_clip_tokenizer, check_tokenizer
 
 # Token ids of OpenAI's CLIP tokenizer (the one SD v1 ships), as published with SD.
 KNOWN = {

@@ -1,5 +1,5 @@
 """Dataset throughput: jobs per second of ``pipelines.edit_dataset`` with 1 and 2 processes
-(accelerate's CPU form) on the tiny model, measured in the same run (``python -m eval.bench dataset``)."""
+(accelerate's CPU form) on the tiny model, measured in the same run (``python -m bench dataset``)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Inversion figures: seconds, UNet forward/backward counts, peak memory and reconstruction error
-per method, with plain DDIM inversion as the same-run baseline (``python -m eval.bench inversion``)."""
+per method, with plain DDIM inversion as the same-run baseline (``python -m bench inversion``)."""
 
 from __future__ import annotations
 
 import torch
 
-from eval.bench import load_bench_model, measure
+from bench.measure import load_bench_model, measure
 from inversion import METHODS, invert, reconstruct_latent
 
 PHOTO = "assets/chelsea.png"

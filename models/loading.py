@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from pipelines.tiny import SCHEDULER_CONFIG, tiny_model_dir
-from pipelines.tokenizer import check_tokenizer
+from models.tiny import SCHEDULER_CONFIG, tiny_model_dir
+from models.tokenizer import check_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Score every edit in a results folder:
 
-    python -m eval.score RESULTS_DIR [--manifest FILE | --pie-bench ROOT] --out REPORT_DIR
+    python -m pipelines.score RESULTS_DIR [--manifest FILE | --pie-bench ROOT] --out REPORT_DIR
 
 A result is any folder holding a ``run.json`` written by ``pipelines.edit_real`` (or the dataset
 command): its ``input.png`` (or ``source.png``) is compared with each ``edit_K.png``. The item id is
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pipelines.cli import OneLineParser, UsageError, quiet_libraries, run_cli
 
-PROG = "python -m eval.score"
+PROG = "python -m pipelines.score"
 
 
 @dataclass

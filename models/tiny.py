@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from pipelines.tokenizer import build_clip_tokenizer
+from models.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from models.tokenizer import check_tokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+# Models that ship inside the package: name → diffusers folder.
+SHIPPED_MODELS = {"shapes": Path(__file__).parent / "shapes"}
 
 
 class ModelLoadError(RuntimeError):
@@ -77,7 +79,8 @@ def load_pipeline(
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
-        model: a hub id (v1.4, v1.5, 2.x), a local diffusers folder, or "tiny" (offline test model).
+        model: a hub id (v1.4, v1.5, 2.x), a local diffusers folder, "tiny" (offline test model
+            with random weights) or "shapes" (the shipped model trained on the shapes world).
         device: where to run; default cuda > mps > cpu.
         dtype: default float16 on CUDA, float32 elsewhere.
 
@@ -93,6 +96,14 @@ def load_pipeline(
     name = str(model)
     if name == "tiny":
         pipe = _from_pretrained(str(tiny_model_dir()), dtype, "folder")
+    elif name in SHIPPED_MODELS:
+        folder = SHIPPED_MODELS[name]
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"the '{name}' model is not in this installation ({folder} has no model_index.json): "
+                f"train one with `python -m pipelines.train_shapes --out DIR` and pass --model DIR"
+            )
+        pipe = _from_pretrained(str(folder), dtype, "folder")
     elif Path(name).expanduser().exists():
         folder = Path(name).expanduser()
         if not (folder / "model_index.json").is_file():

@@ -91,10 +91,10 @@ def build_tiny_pipeline() -> StableDiffusionPipeline:
     torch.manual_seed(SEED + 1)
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(SEED + 2)
-    return _assemble(unet, vae, CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)))
+    return assemble_pipeline(unet, vae, CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)))
 
 
-def _assemble(unet, vae, text_encoder) -> StableDiffusionPipeline:
+def assemble_pipeline(unet, vae, text_encoder) -> StableDiffusionPipeline:
     """A pipeline around the given models with SD's tokenizer, SPEC.md's DDIM scheduler and no
     safety checker."""
     return StableDiffusionPipeline(
@@ -163,6 +163,6 @@ def build_random_sd15_pipeline(dtype: torch.dtype = torch.float32) -> StableDiff
         CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
     )
-    pipe = _assemble(unet, vae, text_encoder)
+    pipe = assemble_pipeline(unet, vae, text_encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dtype=dtype)

@@ -1,0 +1,118 @@
+"""The shapes model's gate (``python -m bench shapes --gate``): does it follow prompts, and do real
+(rendered) photos invert well?
+
+- Generation: seeds 0–99, each with one single-object caption drawn in turn from the 72 of the
+  required vocabulary, SPEC's defaults (50 DDIM steps, w = 7.5); the detector must find the named
+  shape and colour in ≥ 90 %. Two-object captions are reported beside, not gated.
+- Inversion: rendered scenes (never generations) inverted at w = 7.5 by DDIM, negative-prompt and
+  null-text inversion; null-text must reconstruct with PSNR ≥ 30 dB and better than the other two.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from data.shapes import random_scene, render, ShapeObject, single_object_captions
+from eval.metrics import psnr
+from eval.shapes import detect
+
+GENERATION_GATE = 0.90
+PSNR_GATE = 30.0
+# Photos for the inversion check come from these scene seeds (training scenes start at 1,000,000).
+PHOTO_SEEDS = range(500, 600)
+
+
+def gate_caption(index: int) -> tuple[str, str, str, str, str]:
+    """The index-th gate caption (cycling through the 72) and its size, colour, shape, background."""
+    size, colour, shape, background = single_object_captions()[index % 72]
+    return f"a {size} {colour} {shape} on a {background} background", size, colour, shape, background
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 50, guidance: float = 7.5) -> list:
+    """One image per (prompt, seed) with diffusers' own pipeline (SPEC's DDIM scheduler)."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    with torch.no_grad():
+        return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                    height=side, width=side).images
+
+
+def gate_generation(pipe, seeds=range(100), batch: int = 10, steps: int = 50) -> dict:
+    """Fraction of generations in which the detector finds the named shape and colour (and, reported
+    beside, the background and the size), over single-object captions; plus two-object captions."""
+    seeds = list(seeds)
+    hits = {"shape_and_colour": 0, "background": 0, "size": 0}
+    failures = []
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start:start + batch]
+        captions = [gate_caption(s) for s in chunk]
+        images = generate(pipe, [c[0] for c in captions], chunk, steps)
+        for seed, (prompt, size, colour, shape, background), image in zip(chunk, captions, images):
+            found = detect(image)
+            ok = found.has(shape=shape, colour=colour)
+            hits["shape_and_colour"] += ok
+            hits["background"] += found.background == background
+            hits["size"] += found.has(shape=shape, colour=colour, size=size)
+            if not ok:
+                failures.append(f"seed {seed} '{prompt}': saw {[(o.colour, o.shape) for o in found.objects]}")
+    two = []
+    for seed in seeds[: min(20, len(seeds))]:
+        a = gate_caption(seed)
+        b = gate_caption(seed * 7 + 3)
+        two.append((f"a {a[2]} {a[3]} and a {b[2]} {b[3]} on a {a[4]} background", a, b, seed))
+    two_hits = 0
+    for start in range(0, len(two), batch):
+        chunk = two[start:start + batch]
+        images = generate(pipe, [c[0] for c in chunk], [c[3] for c in chunk], steps)
+        for (_, a, b, _), image in zip(chunk, images):
+            found = detect(image)
+            two_hits += found.has(shape=a[3], colour=a[2]) and found.has(shape=b[3], colour=b[2])
+    n = len(seeds)
+    return {
+        "generations": n,
+        "shape_and_colour": hits["shape_and_colour"] / n,
+        "background": hits["background"] / n,
+        "size_too": hits["size"] / n,
+        "two_objects_both_found": two_hits / max(1, len(two)),
+        "passed": hits["shape_and_colour"] / n >= GENERATION_GATE,
+        "failures": failures[:10],
+    }
+
+
+def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10, guidance: float = 7.5) -> dict:
+    """Reconstruction PSNR (dB) of rendered single-object scenes per inversion method, and the VAE's
+    own round trip as the ceiling."""
+    from inversion import invert, reconstruct
+    from models.codec import decode_latents, encode_image
+
+    per_method: dict[str, list[float]] = {"vae": [], "ddim": [], "negative-prompt": [], "null-text": []}
+    seconds: dict[str, float] = {m: 0.0 for m in per_method}
+    for seed in list(PHOTO_SEEDS)[:photos]:
+        scene = random_scene(seed, max_objects=1)
+        per_method["vae"].append(psnr(scene.image, decode_latents(pipe, encode_image(pipe, scene.image))[0]))
+        for method in ("ddim", "negative-prompt", "null-text"):
+            started = time.perf_counter()
+            inv = invert(pipe, scene.image, scene.caption, method=method, num_steps=steps,
+                         num_inner_steps=inner_steps, guidance_scale=guidance, progress=False)
+            seconds[method] += time.perf_counter() - started
+            per_method[method].append(psnr(scene.image, reconstruct(pipe, inv)))
+    means = {m: round(statistics.mean(v), 2) for m, v in per_method.items()}
+    passed = means["null-text"] >= PSNR_GATE and means["null-text"] > max(means["ddim"], means["negative-prompt"])
+    return {"photos": photos, "psnr_db": means, "min_psnr_db": {m: round(min(v), 2) for m, v in per_method.items()},
+            "seconds_per_photo": {m: round(s / photos, 1) for m, s in seconds.items() if m != "vae"},
+            "passed": passed}
+
+
+def bench_shapes_gate(model: str = "shapes", seeds: int = 100, photos: int = 5, steps: int = 50) -> dict:
+    """Both gate checks on a model (a name or folder ``load_pipeline`` takes)."""
+    from models.loading import load_pipeline
+
+    pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
+    generation = gate_generation(pipe, range(seeds), steps=steps)
+    inversion = gate_inversion(pipe, photos=photos, steps=steps)
+    return {"model": model, "generation": generation, "inversion": inversion,
+            "passed": generation["passed"] and inversion["passed"]}

@@ -1,0 +1,136 @@
+"""The shapes world: the renderer's ground truth, the detector that judges generations, the training
+loop (resume gives the same loss curve as an uninterrupted run) and the command's refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    ShapeObject,
+    caption_for,
+    random_scene,
+    render,
+    single_object_captions,
+)
+from eval.shapes import detect, iou
+
+
+def test_captions_read_like_sd_prompts():
+    one = [ShapeObject("circle", "red", "big", (0.5, 0.5))]
+    assert caption_for(one, "white", with_size=False) == "a red circle on a white background"
+    two = [ShapeObject("triangle", "yellow", "small", (0.8, 0.3)), ShapeObject("square", "blue", "big", (0.3, 0.6))]
+    assert caption_for(two, "black") == "a big blue square and a small yellow triangle on a black background"
+    assert len(single_object_captions()) == 72
+
+
+def test_same_seed_same_scene_and_seeds_differ():
+    a, b = random_scene(7), random_scene(7)
+    assert a.caption == b.caption and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert len({random_scene(s).caption for s in range(40)}) > 20
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_masks_are_the_drawn_pixels(seed):
+    scene = random_scene(seed)
+    pixels = np.asarray(scene.image).astype(int)
+    background = np.asarray(BACKGROUNDS[scene.background])
+    covered = np.zeros(pixels.shape[:2], bool)
+    for obj, mask in zip(scene.objects, scene.masks):
+        assert mask.any()
+        colour = np.asarray(COLOURS[obj.colour])
+        # every masked pixel is covered at least half: no nearer the background than the object's
+        # colour (3 levels of slack for rounding a pixel covered exactly half)
+        assert (np.abs(pixels[mask] - colour).sum(1) <= np.abs(pixels[mask] - background).sum(1) + 3).all()
+        # the interior is exactly the object's colour
+        interior = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        assert (pixels[interior] == colour).all()
+        covered |= mask
+    # away from every object (2 px), the image is the plain background
+    grown = covered.copy()
+    for _ in range(2):
+        grown = grown | np.roll(grown, 1, 0) | np.roll(grown, -1, 0) | np.roll(grown, 1, 1) | np.roll(grown, -1, 1)
+    assert (pixels[~grown] == background).all()
+
+
+def test_mask_areas_follow_the_shapes():
+    for shape, fill in (("circle", np.pi / 4), ("square", 1.0), ("triangle", 0.5)):
+        scene = render([ShapeObject(shape, "red", "big", (0.5, 0.5))], "white")
+        box = (2 * 0.25 * 64) ** 2
+        assert scene.masks[0].sum() == pytest.approx(fill * box, rel=0.06)
+
+
+def test_the_detector_is_right_on_rendered_scenes():
+    wrong = []
+    for seed in range(300):
+        scene = random_scene(seed)
+        found = detect(scene.image)
+        ok = (found.background == scene.background and len(found.objects) == len(scene.objects)
+              and all(found.has(o.shape, o.colour, o.size) for o in scene.objects))
+        for obj, mask in zip(scene.objects, scene.masks):
+            match = [d for d in found.objects if d.shape == obj.shape and d.colour == obj.colour]
+            ok = ok and bool(match) and max(iou(d.mask, mask) for d in match) >= 0.85
+        if not ok:
+            wrong.append(scene.caption)
+    assert wrong == []
+
+
+def test_the_detector_sees_nothing_in_a_plain_image_and_every_vocabulary_word():
+    assert detect(render([], "gray").image).objects == []
+    for shape in SHAPES:
+        for colour in COLOURS:
+            scene = render([ShapeObject(shape, colour, "small", (0.4, 0.6))], "black")
+            assert detect(scene.image).has(shape, colour, "small"), (shape, colour)
+
+
+SMALL = dict(vae_steps=3, unet_steps=3, batch_size=2, latent_scenes=8, warmup_steps=2)
+
+
+def test_training_resumes_with_the_same_loss_curve(tmp_path):
+    from models.loading import load_pipeline
+    from models.shapes_training import TrainConfig, train
+
+    config = TrainConfig(**SMALL)
+    whole = train(tmp_path / "whole", config, checkpoint_dir=tmp_path / "ck1", resume=False)
+    assert whole["finished"] and len(whole["losses"]["vae"]) == 3 and len(whole["losses"]["unet"]) == 3
+    # stopped once in the VAE phase and once in the UNet phase, resumed each time
+    first = train(tmp_path / "split", config, checkpoint_dir=tmp_path / "ck2", resume=False, stop_after=2)
+    assert not first["finished"] and not (tmp_path / "split").exists()
+    second = train(tmp_path / "split", config, checkpoint_dir=tmp_path / "ck2", resume=True, stop_after=4)
+    assert not second["finished"] and second["phase"] == "unet"
+    last = train(tmp_path / "split", config, checkpoint_dir=tmp_path / "ck2", resume=True)
+    assert last["finished"]
+    assert last["losses"] == whole["losses"]
+    # the checkpoint gone: --resume starts over, and the same config gives the same run
+    again = train(tmp_path / "again", config, checkpoint_dir=tmp_path / "ck3", resume=True)
+    assert again["losses"] == whole["losses"]
+    pipe = load_pipeline(tmp_path / "split", device="cpu")
+    assert pipe.unet.config.sample_size == 16 and pipe.vae_scale_factor == 4
+    assert pipe.vae.config.scaling_factor == pytest.approx(last["scaling_factor"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--vae-steps", "0"], "--vae-steps"),
+    (["--unet-steps", "nan"], "--unet-steps"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--checkpoint-minutes", "inf"], "--checkpoint-minutes"),
+    (["--seed", "1.5"], "--seed"),
+])
+def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):
+    from pipelines.train_shapes import main
+
+    assert main(["--out", str(tmp_path / "m"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_shapes_refuses_a_file_as_out(tmp_path, capsys):
+    from pipelines.train_shapes import main
+
+    (tmp_path / "f").write_text("x")
+    assert main(["--out", str(tmp_path / "f")]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -3,12 +3,14 @@
     python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--json]
     python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--inner-steps N] [--json]
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
+    python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
 
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from bench.measure import print_rows
@@ -19,7 +21,12 @@ from models.loading import pick_device, pick_dtype
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["p2p", "inversion", "dataset"])
+    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes"])
+    parser.add_argument("--gate", action="store_true",
+                        help="shapes: the two checks that gate the shipped weights (generation, inversion)")
+    parser.add_argument("--model", default="shapes", help="shapes: the model to check (a name or folder)")
+    parser.add_argument("--seeds", type=int, default=100, help="shapes --gate: generations to judge")
+    parser.add_argument("--photos", type=int, default=5, help="shapes --gate: rendered photos to invert")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
@@ -35,6 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     rows = []
+    if args.what == "shapes":
+        from bench.shapes import bench_shapes_gate, print_gate
+
+        if not args.gate:
+            parser.error("shapes: add --gate (the gating checks); the claims table comes with a later issue")
+        report = bench_shapes_gate(args.model, args.seeds, args.photos, args.steps)
+        print(json.dumps(report, indent=2) if args.json else print_gate(report))
+        raise SystemExit(0 if report["passed"] else 1)
     if args.what == "dataset":
         from bench.dataset import bench_dataset
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.numbers import check_number, limited
 from data.pie_bench import ManifestError, load_mapping
 
 OPTION_KEYS = {"steps", "guidance", "mode", "cross_replace", "self_replace", "reweight", "blend", "inversion",
@@ -37,13 +38,53 @@ class EditJob:
     defaults: dict = field(default_factory=dict)
 
 
+def _fractions(value, what: str) -> None:
+    """A fraction or a [start, end] pair of fractions (their order is the EditSpec's to check)."""
+    for v in value if isinstance(value, list) else [value]:
+        limited("fraction", v, what, ManifestError)
+
+
+def check_options(options: dict, where: str) -> None:
+    """Refuse a manifest line's option whose numbers are not finite or out of range, naming the
+    line and the key (the same limits as the command line's, from ``data.numbers.LIMITS``).
+
+    Structure beyond numbers (a word that is not in a prompt, start after end) is the
+    ``EditSpec``'s to check, and fails that job alone.
+    """
+    for key in ("steps", "inner_steps", "guidance", "blend_threshold"):
+        if key in options:
+            limited(key, options[key], f"{where}: {key} =", ManifestError)
+    for key in ("cross_replace", "self_replace"):
+        value = options.get(key)
+        if isinstance(value, dict) and key == "cross_replace":
+            for word, steps in value.items():
+                _fractions(steps, f"{where}: cross_replace[{word!r}] =")
+        elif value is not None:
+            _fractions(value, f"{where}: {key} =")
+    reweight = options.get("reweight")
+    if reweight is not None:
+        if not isinstance(reweight, dict):
+            raise ManifestError(f"{where}: reweight must be an object of word: scale, e.g. {{\"dog\": 2}}")
+        for word, scale in reweight.items():
+            limited("reweight", scale, f"{where}: reweight[{word!r}] =", ManifestError)
+    crop = options.get("crop")
+    if crop is not None and crop != "center":
+        if not isinstance(crop, list) or len(crop) != 4:
+            raise ManifestError(f"{where}: crop must be \"center\" or four pixel offsets [left, right, top, bottom]")
+        for offset in crop:
+            check_number(offset, f"{where}: crop offset", low=0, integer=True, error=ManifestError)
+
+
 def read_jsonl(path: str | Path) -> list[EditJob]:
     """Jobs of a JSONL manifest.
 
     Raises:
-        ManifestError: the file is missing or a line is not a job (the message names the line).
+        ManifestError: the file is missing or a line is not a job, or one of its options is not a
+            finite number in range (the message names the line and the key).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path} is a folder: pass the JSONL manifest file itself (or --pie-bench ROOT for PIE-Bench)")
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
     jobs, seen = [], set()
@@ -69,6 +110,7 @@ def read_jsonl(path: str | Path) -> list[EditJob]:
         unknown = set(entry) - {"id", "image", "src", "tgt", "mask", "edit_type"} - OPTION_KEYS
         if unknown:
             raise ManifestError(f"{where}: unknown keys {sorted(unknown)}; options are {sorted(OPTION_KEYS)}")
+        check_options(entry, where)
         tgts = entry["tgt"] if isinstance(entry["tgt"], list) else [entry["tgt"]]
         image = Path(entry["image"]).expanduser()
         jobs.append(EditJob(job_id, image if image.is_absolute() else path.parent / image, str(entry["src"]),

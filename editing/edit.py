@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from data.numbers import limited
 from editing.align import WordNotFoundError, refinement_mapper, replacement_mapper, word_token_indices
 from editing.controllers import (
     AttentionStore,
@@ -197,8 +198,8 @@ def edit(
         latents, null_embeddings = inversion.x_T, inversion.null_embeddings
         if inversion.prompt != spec.prompts[0]:
             log.warning("the source prompt %r differs from the inversion's prompt %r", spec.prompts[0], inversion.prompt)
-    num_steps = num_steps or 50
-    guidance_scale = 7.5 if guidance_scale is None else guidance_scale
+    num_steps = limited("steps", 50 if num_steps is None else num_steps, "num_steps =", EditSpecError)
+    guidance_scale = limited("guidance", 7.5 if guidance_scale is None else guidance_scale, "guidance_scale =", EditSpecError)
     if null_embeddings is not None and null_embeddings.shape[0] != num_steps:
         raise EditSpecError(f"{null_embeddings.shape[0]} null embeddings for {num_steps} steps: they must match")
     side = pipe.unet.config.sample_size

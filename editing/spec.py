@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Union
 
+from data.numbers import check_number, limited
 from editing.align import word_matches
 
 Steps = Union[float, tuple[float, float]]
@@ -27,18 +27,15 @@ def steps_window(value: Steps, what: str) -> tuple[float, float]:
     """Normalize a step fraction or (start, end) pair to (start, end), checking 0 ≤ start ≤ end ≤ 1."""
     if isinstance(value, bool):
         raise EditSpecError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, not {value!r}")
-    if isinstance(value, (int, float)):
-        start, end = 0.0, float(value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        start, end = 0.0, float(limited("fraction", value, f"{what} =", EditSpecError))
     else:
-        try:
-            start, end = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise EditSpecError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, not {value!r}") from None
-    if not (0.0 <= start <= end <= 1.0) or math.isnan(start) or math.isnan(end):
-        raise EditSpecError(
-            f"{what} = {value!r} is outside [0, 1]: give a fraction of the denoising steps such as 0.8, "
-            "or a (start, end) pair with 0 ≤ start ≤ end ≤ 1"
-        )
+        pair = list(value)
+        if len(pair) != 2:
+            raise EditSpecError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, not {value!r}")
+        start, end = (float(limited("fraction", v, f"{what} =", EditSpecError)) for v in pair)
+    if start > end:
+        raise EditSpecError(f"{what} = {value!r}: start is after end; give a (start, end) pair with 0 ≤ start ≤ end ≤ 1")
     return start, end
 
 
@@ -104,14 +101,17 @@ class EditSpec:
         self._cross_windows = self._check_cross_steps()
         steps_window(self.self_replace_steps, "self_replace_steps")
         for word, scale in (self.reweight or {}).items():
-            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-                raise EditSpecError(f"reweight scale for '{word}' must be a finite number (such as 2 or -1), not {scale!r}")
+            limited("reweight", scale, f"reweight scale for '{word}':", EditSpecError)
             self._need_in_some_target(word, "reweight")
         self._check_blend(self.blend_words, "blend_words")
         self._check_blend(self.blend_subtract_words, "blend_subtract_words")
-        if not 0.0 < self.blend_threshold < 1.0:
-            raise EditSpecError(f"blend_threshold = {self.blend_threshold} must lie in (0, 1); the reference uses 0.3")
+        limited("blend_threshold", self.blend_threshold, "blend_threshold =", EditSpecError)
         steps_window(self.blend_start, "blend_start")
+        check_number(self.self_replace_max_pixels, "self_replace_max_pixels =", low=0, integer=True,
+                     hint="the largest layer (in pixels) whose self-attention is injected", error=EditSpecError)
+        if self.blend_resolution is not None:
+            check_number(self.blend_resolution, "blend_resolution =", low=1, integer=True,
+                         hint="the side of the cross-attention maps the blend reads", error=EditSpecError)
 
     def _check_cross_steps(self) -> dict[str, tuple[float, float]]:
         value = self.cross_replace_steps

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data.images import Crop, image_hash, load_image
+from data.numbers import limited
 from inversion.ddim import ddim_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
 from inversion.null_text import InversionError, null_text_optimization
@@ -141,8 +142,10 @@ def invert(
     """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}: use one of {', '.join(METHODS)}")
-    if num_steps < 1 or num_inner_steps < 0 or guidance_scale < 0:
-        raise ValueError("num_steps must be ≥ 1, num_inner_steps ≥ 0 and guidance_scale ≥ 0")
+    num_steps = limited("steps", num_steps, "num_steps =", ValueError)
+    num_inner_steps = limited("inner_steps", num_inner_steps, "num_inner_steps =", ValueError)
+    guidance_scale = limited("guidance", guidance_scale, "guidance_scale =", ValueError)
+    early_stop_epsilon = limited("early_stop_epsilon", early_stop_epsilon, "early_stop_epsilon =", ValueError)
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
     prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)

@@ -42,8 +42,19 @@ def test_word_schedule_word_must_be_in_a_target():
 def test_reweight_word_not_in_target():
     with pytest.raises(EditSpecError, match="reweight names 'cat'"):
         EditSpec(prompts=["a cat", "a dog"], reweight={"cat": 2.0})
-    with pytest.raises(EditSpecError, match="finite number"):
+    with pytest.raises(EditSpecError, match="not a number"):
         EditSpec(prompts=["a cat", "a dog"], reweight={"dog": "lots"})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("reweight", {"dog": float("nan")}), ("reweight", {"dog": float("inf")}), ("reweight", {"dog": 1e6}),
+    ("blend_threshold", float("nan")), ("blend_threshold", 0.0), ("blend_start", float("inf")),
+    ("cross_replace_steps", {"default_": 0.8, "dog": float("nan")}), ("self_replace_steps", (0.0, float("inf"))),
+    ("self_replace_max_pixels", -1), ("blend_resolution", 0),
+])
+def test_non_finite_or_out_of_range_numbers_are_refused_by_name(field, value):
+    with pytest.raises(EditSpecError, match=field.split("_steps")[0]):
+        EditSpec(prompts=["a cat", "a dog"], **{field: value})
 
 
 def test_blend_word_not_in_its_prompt():

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 METRICS = ["structure_distance", "psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited"]
+# The model each metric needs (PSNR, MSE and SSIM need none): "clip", "dino" or "lpips".
+NEEDS_MODEL = {"clip_whole": "clip", "clip_edited": "clip", "structure_distance": "dino", "lpips": "lpips"}
 COLUMNS = ["id", "method", "target", "edit_type", "prompt", *METRICS]
 # How the published tables print each metric: (header, multiplier, lower is better)
 SCALES = {
@@ -39,34 +41,53 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def read_scores(path: Path) -> list[dict]:
-    """Rows of an existing scores.csv (metrics as floats), or [] when there is none."""
+    """Rows of an existing scores.csv, or [] when there is none.
+
+    A metric is a float ("nan" where it does not apply, e.g. no edit mask), or None where the
+    cell is empty: not scored yet (a run with ``--metrics`` leaving it out); a rerun fills it in.
+    """
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         for m in METRICS:
-            row[m] = float(row[m]) if row.get(m) not in (None, "") else math.nan
+            row[m] = float(row[m]) if row.get(m) not in (None, "") else None
     return rows
 
 
 def write_scores(path: Path, rows: list[dict]) -> None:
-    """Write rows as CSV with ``COLUMNS`` (temporary name, then rename)."""
+    """Write rows as CSV with ``COLUMNS`` (temporary name, then rename): an unscored metric (None)
+    as an empty cell, one that does not apply (NaN) as "nan"."""
     import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        writer.writerow({k: ("" if v is None else "nan" if isinstance(v, float) and math.isnan(v) else v)
+                         for k, v in row.items()})
     atomic_write(path, buffer.getvalue())
 
 
+def value(row: dict, metric: str) -> float:
+    """A row's metric as a float: NaN when it does not apply or was not scored."""
+    v = row.get(metric)
+    return math.nan if v is None else float(v)
+
+
+def unscored(rows: list[dict]) -> dict[str, int]:
+    """Metric → number of rows that lack it (not scored yet), for the metrics some row lacks."""
+    counts = {m: sum(1 for r in rows if r.get(m) is None) for m in METRICS}
+    return {m: n for m, n in counts.items() if n}
+
+
 def means(rows: list[dict]) -> dict[str, float]:
-    """Per-metric mean over rows, NaN (and infinite PSNR) items left out."""
+    """Per-metric mean over rows, NaN, unscored (and infinite PSNR) items left out."""
     out = {}
     for m in METRICS:
-        values = [r[m] for r in rows if not math.isnan(r[m]) and not math.isinf(r[m])]
+        values = [value(r, m) for r in rows]
+        values = [v for v in values if not math.isnan(v) and not math.isinf(v)]
         out[m] = sum(values) / len(values) if values else math.nan
     return out
 
@@ -93,6 +114,10 @@ def summary_markdown(rows: list[dict], compat: bool) -> str:
     for name, values in PUBLISHED.items():
         lines.append(f"| {name} | 700 | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     lines += ["", "Published rows use PIE-Bench's evaluator conventions; compare them with a `--pie-bench-compat` run."]
+    missing = unscored(rows)
+    if missing:
+        lines += ["", "**Not scored yet** (– above): " + ", ".join(f"{m} in {n} of {len(rows)} rows" for m, n in missing.items())
+                  + f". Rerun the scoring command with `--metrics {','.join(missing)}` once their models are available."]
     for method, items in sorted(by_method.items()):
         lines += ["", f"## {method} by edit type", "", head.replace("| method |", "| edit type |"), rule]
         groups: dict[str, list[dict]] = defaultdict(list)
@@ -132,15 +157,18 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    plotted = False
     for method in methods:
-        pts = [(r["lpips"] * 1e3, r["clip_whole"]) for r in rows if r["method"] == method
-               and not math.isnan(r["lpips"]) and not math.isnan(r["clip_whole"])]
+        pts = [(value(r, "lpips") * 1e3, value(r, "clip_whole")) for r in rows if r["method"] == method
+               and not math.isnan(value(r, "lpips")) and not math.isnan(value(r, "clip_whole"))]
         if pts:
             ax.scatter(*zip(*pts), label=method, s=14, alpha=0.7)
+            plotted = True
     ax.set_xlabel("background LPIPS ×10³ (lower keeps more)")
     ax.set_ylabel("CLIP score, whole image (higher follows the prompt)")
-    ax.set_title("Edit strength against preservation")
-    ax.legend(fontsize=8)
+    ax.set_title("Edit strength against preservation" + ("" if plotted else " (LPIPS or CLIP not scored)"))
+    if plotted:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "plot_clip_vs_lpips.png"
     fig.savefig(path, dpi=100)

@@ -144,3 +144,63 @@ def test_dino_compat_changes_the_input_scale(metric_models):
     compat = metrics.dino_key_self_similarity(a, model=metric_models["dino"], compat=True)
     assert plain.shape == (17, 17)  # 16 patches + CLS
     assert not torch.allclose(plain, compat)
+
+
+def _forms(image):
+    """The same picture in every accepted form."""
+    array = np.asarray(image)
+    uint8 = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return [image, array, uint8, uint8[None], uint8.float() / 255, (uint8.float() / 255)[None]]
+
+
+@pytest.mark.parametrize("name", ["psnr", "ssim", "mse"])
+def test_every_image_form_gives_the_same_value(name):
+    a, b = _photo(), _noisy(_photo(), 20)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:30, 10:40] = 1
+    masks = [mask, mask.astype(bool), torch.from_numpy(mask), torch.from_numpy(mask)[None, None].bool(),
+             Image.fromarray(mask * 255)]
+    fn = getattr(metrics, name)
+    plain = fn(a, b)
+    assert all(fn(x, y) == pytest.approx(plain, rel=1e-6) for x, y in zip(_forms(a), _forms(b)))
+    masked = fn(a, b, mask)
+    assert all(fn(_forms(a)[5], _forms(b)[5], m) == pytest.approx(masked, rel=1e-6) for m in masks)
+
+
+def test_lpips_takes_torchmetrics_tensors():
+    a, b = _photo(), _noisy(_photo(), 20)
+    x, y = _forms(a)[5], _forms(b)[5]
+    assert metrics.lpips(x, y, backbone="random") == pytest.approx(metrics.lpips(a, b, backbone="random"), rel=1e-6)
+    # a batch of two identical pairs scores as one pair
+    assert metrics.lpips(torch.cat([x, x]), torch.cat([y, y]), backbone="random") == pytest.approx(
+        metrics.lpips(x, y, backbone="random"), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((64, 64, 3), dtype=np.float32),           # float array: 0–1 or 0–255?
+    torch.zeros(64, 64, 3, dtype=torch.uint8),          # channels last in a tensor
+    torch.full((1, 3, 64, 64), 2.0),                    # float tensor outside [0, 1]
+    torch.full((1, 3, 64, 64), float("nan")),
+    torch.zeros(1, 1, 64, 64),                          # one channel
+    "photo.png",
+])
+def test_other_images_are_a_type_error_naming_the_forms(bad):
+    with pytest.raises(TypeError, match="uint8 array \\[H, W, 3\\]"):
+        metrics.psnr(bad, _photo())
+
+
+@pytest.mark.parametrize("bad", [np.full((64, 64), 255, dtype=np.uint8), np.zeros((64, 64, 3)), "mask.png"])
+def test_other_masks_are_a_type_error(bad):
+    with pytest.raises(TypeError, match="mask"):
+        metrics.mse(_photo(), _photo(), bad)
+
+
+def test_dino_resize_antialiases_except_in_compat(metric_models, monkeypatch):
+    """PIE-Bench's evaluator resizes its DINO input with torchvision 0.13, which does not
+    antialias tensors; the default mode does."""
+    seen = []
+    real = metrics.F.interpolate
+    monkeypatch.setattr(metrics.F, "interpolate", lambda *a, **k: seen.append(k.get("antialias")) or real(*a, **k))
+    metrics.dino_key_self_similarity(_photo(48), model=metric_models["dino"])
+    metrics.dino_key_self_similarity(_photo(48), model=metric_models["dino"], compat=True)
+    assert seen == [True, False]

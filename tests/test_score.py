@@ -80,7 +80,7 @@ def test_score_command_writes_report_and_skips_scored(tmp_path, metric_models, c
     assert {(r["id"], r["method"]) for r in rows} == {("000000000001", "null-text+p2p"), ("000000000002", "ddim+p2p")}
     by_id = {r["id"]: r for r in rows}
     assert by_id["000000000001"]["edit_type"].startswith("1") and by_id["000000000002"]["edit_type"].startswith("9")
-    assert by_id["000000000002"]["clip_edited"] == ""  # no mask: no edited-part score
+    assert by_id["000000000002"]["clip_edited"] == "nan"  # no mask: no edited part ("" would be: not scored)
     assert 0 <= float(by_id["000000000001"]["clip_edited"]) <= 100
     summary = (out / "summary.md").read_text()
     assert "null-text+p2p" in summary and "NTI+P2P (published)" in summary and "by edit type" in summary

@@ -6,10 +6,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
+
+from data.numbers import LIMITS, parse_number
+
+# Everything this module imports at the top is light: a command parses and checks its options
+# before torch, diffusers or transformers are imported, so a refusal takes a fraction of a second.
 
 
 class UsageError(ValueError):
@@ -24,14 +30,26 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def option_number(text: str, option: str, limits: str):
+    """Parse a command-line number with the shared ``LIMITS[limits]``; UsageError names ``option``."""
+    return parse_number(text, option, **LIMITS[limits], error=UsageError)
+
+
+def number_type(limits: str) -> Callable[[str], object]:
+    """An argparse ``type=`` for a number with ``LIMITS[limits]`` (argparse names the option)."""
+
+    def convert(text: str):
+        try:
+            return parse_number(text, "", **LIMITS[limits], error=UsageError)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = limits
+    return convert
+
+
 def _fraction(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{what} '{text}' is not a number: give a fraction of the steps such as 0.8") from None
-    if not 0.0 <= value <= 1.0:
-        raise UsageError(f"{what} {text} is outside [0, 1]: give a fraction of the steps such as 0.8")
-    return value
+    return option_number(text, what, "fraction")
 
 
 def parse_steps(text: str, what: str):
@@ -76,10 +94,7 @@ def parse_reweight(values: list[str] | None) -> dict[str, float] | None:
         word, sep, scale = entry.partition("=")
         if not sep or not word.strip():
             raise UsageError(f"--reweight '{entry}': write WORD=SCALE, e.g. --reweight fluffy=2")
-        try:
-            out[word.strip()] = float(scale)
-        except ValueError:
-            raise UsageError(f"--reweight '{entry}': the scale '{scale}' is not a number") from None
+        out[word.strip()] = option_number(scale, f"--reweight '{entry}': the scale", "reweight")
     return out
 
 
@@ -107,8 +122,57 @@ def parse_crop(text: str):
     except ValueError:
         values = ()
     if len(values) != 4 or min(values) < 0:
-        raise UsageError(f"--crop '{text}': write 'center' or four pixel offsets LEFT,RIGHT,TOP,BOTTOM")
+        raise UsageError(f"--crop '{text}': write 'center' or four pixel offsets LEFT,RIGHT,TOP,BOTTOM (whole numbers ≥ 0)")
     return values
+
+
+def check_folder_option(value, option: str, *, must_exist: bool = False) -> Path:
+    """A folder option: not empty, not an existing file (and existing, if ``must_exist``)."""
+    text = str(value) if value is not None else ""
+    if not text.strip():
+        raise UsageError(f"{option} is empty: give a folder")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {text} is a file, not a folder: give a folder")
+    if must_exist and not path.is_dir():
+        raise UsageError(f"{option} {text}: no such folder")
+    return path
+
+
+def check_file_option(value, option: str, what: str = "file") -> Path:
+    """A file option that must exist: not empty, not a folder."""
+    text = str(value) if value is not None else ""
+    if not text.strip():
+        raise UsageError(f"{option} is empty: give a {what}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{option} {text} is a folder, not a {what}: give the file itself")
+    if not path.is_file():
+        raise UsageError(f"{option} {text}: no such {what}")
+    return path
+
+
+def check_model_option(value: str, option: str = "--model", kind: str = "diffusers") -> str:
+    """A model option (hub id or local folder): not empty, not a file (a single-file checkpoint
+    must first be converted). Whether it loads is the loader's to say."""
+    text = str(value)
+    if not text.strip():
+        raise UsageError(f"{option} is empty: give a hub id or a local {kind} model folder")
+    if Path(text).expanduser().is_file():
+        hint = (" (convert a single-file checkpoint with `StableDiffusionPipeline.from_single_file(path)."
+                "save_pretrained(folder)`)" if kind == "diffusers" else "")
+        raise UsageError(f"{option} {text} is a file: give a hub id or a local {kind} model folder{hint}")
+    return text
+
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+
+
+def check_device_option(value: str | None) -> str | None:
+    """--device: cpu, mps, cuda, cuda:N (or None for the best available)."""
+    if value is not None and not _DEVICE.match(value):
+        raise UsageError(f"--device {value!r}: give cpu, cuda, cuda:N or mps (or leave it out for the best available)")
+    return value
 
 
 def add_edit_options(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +181,9 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tgt", action="append", required=True, help="target prompt (repeat for several)")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
                         help="hub id, local diffusers folder, or 'tiny' (offline test model)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument("--steps", type=number_type("steps"), default=50, help="DDIM steps, 1…1000 (default 50)")
+    parser.add_argument("--guidance", type=number_type("guidance"), default=7.5,
+                        help="classifier-free guidance scale, 0…100 (default 7.5)")
     parser.add_argument("--mode", choices=["auto", "replace", "refine"], default="auto",
                         help="replace: word swap; refine: add words; auto: by word count")
     parser.add_argument("--cross-replace", action="append", metavar="F|S,E|WORD=F",
@@ -126,8 +191,9 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-replace", default="0.4", metavar="F|S,E", help="self-attention injection (default 0.4)")
     parser.add_argument("--reweight", action="append", metavar="WORD=SCALE", help="scale a target word's attention (repeatable)")
     parser.add_argument("--blend", action="append", metavar="SRC:TGT", help="local blend: edit only where these words are (repeatable)")
-    parser.add_argument("--blend-threshold", type=float, default=0.3, help="local blend mask threshold (default 0.3)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--blend-threshold", type=number_type("blend_threshold"), default=0.3,
+                        help="local blend mask threshold, strictly between 0 and 1 (default 0.3)")
+    parser.add_argument("--seed", type=number_type("seed"), default=0, help="random seed, 0…2**64-1 (default 0)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"],
                         help="default fp16 on CUDA, fp32 elsewhere")
@@ -143,18 +209,26 @@ def default_out(name: str) -> str:
     return str(Path("outputs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def spec_from_args(args: argparse.Namespace):
-    """Build the ``EditSpec`` the options describe (raises UsageError or EditSpecError)."""
-    if args.steps < 1:
-        raise UsageError(f"--steps {args.steps}: give at least 1 step (the papers use 50)")
-    return spec_from_options([args.src, *args.tgt], {
+def check_edit_args(args: argparse.Namespace) -> dict:
+    """Check the edit options without importing torch: numbers, windows, words' syntax, model,
+    device and output folder. Returns the parsed edit options for ``spec_from_options``."""
+    check_model_option(args.model)
+    check_device_option(args.device)
+    if args.out is not None:
+        check_folder_option(args.out, "--out")
+    return {
         "mode": args.mode,
         "cross_replace": parse_cross_replace(args.cross_replace),
         "self_replace": parse_steps(args.self_replace, "--self-replace"),
         "reweight": parse_reweight(args.reweight),
         "blend": parse_blend(args.blend),
         "blend_threshold": args.blend_threshold,
-    })
+    }
+
+
+def spec_from_args(args: argparse.Namespace):
+    """Build the ``EditSpec`` the options describe (raises UsageError or EditSpecError)."""
+    return spec_from_options([args.src, *args.tgt], check_edit_args(args))
 
 
 def spec_from_options(prompts: list[str], options: dict):
@@ -200,19 +274,26 @@ def versions() -> dict[str, str]:
     return out
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean the user gave something unusable (reported without traceback)."""
-    from data.images import ImageInputError
-    from data.pie_bench import ManifestError
-    from editing import EditSpecError
-    from eval.lpips import MetricModelError
-    from inversion import InversionCacheError, InversionError
-    from models.codec import PromptError
-    from models.loading import ModelLoadError
-    from pipelines.outputs import OutputError
+# (module, class) of every exception that means "the user gave something unusable"
+_USER_ERRORS = (
+    ("data.images", "ImageInputError"), ("data.numbers", "NumberError"), ("data.pie_bench", "ManifestError"),
+    ("editing.spec", "EditSpecError"), ("eval.lpips", "MetricModelError"), ("inversion", "InversionError"),
+    ("inversion", "InversionCacheError"), ("models.codec", "PromptError"), ("models.loading", "ModelLoadError"),
+    ("pipelines.outputs", "OutputError"),
+)
 
-    return (UsageError, ImageInputError, EditSpecError, PromptError, ModelLoadError, OutputError,
-            InversionError, InversionCacheError, ManifestError, MetricModelError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the user gave something unusable (reported without traceback).
+
+    Only from modules already imported: an exception of a module that was never imported cannot
+    have been raised, and importing one here (and torch with it) would undo a fast refusal."""
+    found: list[type[BaseException]] = [UsageError]
+    for module, name in _USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(getattr(loaded, name, None), type):
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> int:

@@ -24,6 +24,11 @@ from pathlib import Path
 from pipelines.cli import (
     OneLineParser,
     UsageError,
+    check_device_option,
+    check_file_option,
+    check_folder_option,
+    check_model_option,
+    number_type,
     parse_blend,
     parse_crop,
     parse_cross_replace,
@@ -33,6 +38,7 @@ from pipelines.cli import (
     run_cli,
     spec_from_options,
 )
+from pipelines.score import check_score_options
 
 log = logging.getLogger(__name__)
 PROG = "python -m pipelines.edit_dataset"
@@ -42,31 +48,34 @@ DEFAULTS = {"steps": 50, "guidance": 7.5, "mode": "auto", "cross_replace": 0.8, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", nargs="?", type=Path, help="JSONL manifest (id, image, src, tgt, options)")
-    parser.add_argument("--pie-bench", type=Path, metavar="ROOT", help="PIE-Bench root instead of a manifest")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    # paths stay text until checked: argparse's Path("") would quietly mean the current folder
+    parser.add_argument("manifest", nargs="?", help="JSONL manifest (id, image, src, tgt, options)")
+    parser.add_argument("--pie-bench", metavar="ROOT", help="PIE-Bench root (or its mapping_file.json) instead of a manifest")
+    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4", help="hub id, local folder or 'tiny'")
     parser.add_argument("--device", default=None, help="default: this process's accelerator device")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=1, help="photos inverted together in one UNet batch")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="inversion cache (default DIR/inversions)")
+    parser.add_argument("--seed", type=number_type("seed"), default=0, help="random seed, 0…2**64-1 (default 0)")
+    parser.add_argument("--batch-size", type=number_type("batch_size"), default=1,
+                        help="at most this many photos inverted together in one UNet batch (≥ 1, default 1)")
+    parser.add_argument("--cache-dir", default=None, help="inversion cache (default DIR/inversions)")
     # edit options: None means "not given" so that PIE-Bench's settings and per-job values apply
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--steps", type=number_type("steps"))
+    parser.add_argument("--guidance", type=number_type("guidance"))
     parser.add_argument("--mode", choices=["auto", "replace", "refine"])
     parser.add_argument("--cross-replace", action="append", metavar="F|S,E|WORD=F")
     parser.add_argument("--self-replace", metavar="F|S,E")
     parser.add_argument("--reweight", action="append", metavar="WORD=SCALE")
     parser.add_argument("--blend", action="append", metavar="SRC:TGT")
-    parser.add_argument("--blend-threshold", type=float)
+    parser.add_argument("--blend-threshold", type=number_type("blend_threshold"))
     parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"])
-    parser.add_argument("--inner-steps", type=int)
+    parser.add_argument("--inner-steps", type=number_type("inner_steps"))
     parser.add_argument("--crop")
     parser.add_argument("--score", action="store_true", help="score the results with pipelines.score afterwards")
     parser.add_argument("--clip-model", default=None, help="for --score")
     parser.add_argument("--dino-model", default=None, help="for --score")
     parser.add_argument("--lpips-backbone", default=None, help="for --score")
+    parser.add_argument("--metrics", default=None, help="for --score: comma-separated metrics (default all)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -75,13 +84,37 @@ def given_options(args) -> dict:
     """The edit options given on the command line, as JSON-native values."""
     parsed = {
         "steps": args.steps, "guidance": args.guidance, "mode": args.mode,
-        "cross_replace": parse_cross_replace(args.cross_replace) if args.cross_replace else None,
-        "self_replace": parse_steps(args.self_replace, "--self-replace") if args.self_replace else None,
+        "cross_replace": parse_cross_replace(args.cross_replace) if args.cross_replace is not None else None,
+        "self_replace": parse_steps(args.self_replace, "--self-replace") if args.self_replace is not None else None,
         "reweight": parse_reweight(args.reweight), "blend": parse_blend(args.blend),
         "inversion": args.inversion, "inner_steps": args.inner_steps,
-        "crop": parse_crop(args.crop) if args.crop else None, "blend_threshold": args.blend_threshold,
+        "crop": parse_crop(args.crop) if args.crop is not None else None, "blend_threshold": args.blend_threshold,
     }
     return {k: v for k, v in parsed.items() if v is not None}
+
+
+def check_args(args) -> None:
+    """Check every option without importing torch (numbers were checked as argparse parsed them);
+    paths become ``Path`` objects."""
+    if (args.manifest is None) == (args.pie_bench is None):
+        raise UsageError("give a manifest file or --pie-bench ROOT (one of them)")
+    if args.manifest is not None:
+        args.manifest = check_file_option(args.manifest, "the manifest", "JSONL manifest file")
+    if args.pie_bench is not None:
+        if not str(args.pie_bench).strip():
+            raise UsageError("--pie-bench is empty: give the PIE-Bench folder (with mapping_file.json)")
+        args.pie_bench = Path(args.pie_bench).expanduser()
+    args.out = check_folder_option(args.out, "--out")
+    if args.cache_dir is not None:
+        args.cache_dir = check_folder_option(args.cache_dir, "--cache-dir")
+    check_model_option(args.model)
+    check_device_option(args.device)
+    if args.crop is not None and not args.crop.strip():
+        raise UsageError("--crop is empty: write 'center' or four pixel offsets LEFT,RIGHT,TOP,BOTTOM")
+    if args.score:
+        check_score_options(args)
+    elif any(v is not None for v in (args.metrics, args.clip_model, args.dino_model, args.lpips_backbone)):
+        raise UsageError("--metrics, --clip-model, --dino-model and --lpips-backbone are for --score: add --score")
 
 
 def job_options(job, given: dict) -> dict:
@@ -203,27 +236,27 @@ def merge_results(out: Path, jobs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The command (one accelerate process of it); returns its exit code."""
-    args = build_parser().parse_args(argv)
-    quiet_libraries(args.quiet)
+    args = build_parser().parse_args(argv)  # numbers are checked here, as they are parsed
 
     def go() -> int:
+        from data.manifest import pie_bench_jobs, read_jsonl
+        from pipelines.outputs import check_writable
+
+        # everything a user can get wrong is checked first, with light imports only
+        check_args(args)
+        jobs = pie_bench_jobs(args.pie_bench) if args.pie_bench else read_jsonl(args.manifest)
+        given = given_options(args)
+        check_writable(args.out)  # by making (and removing) a folder in it
+
+        quiet_libraries(args.quiet)
         import torch
         from accelerate import Accelerator
         from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
-        from data.manifest import pie_bench_jobs, read_jsonl
         from eval.report import atomic_write
         from models.loading import load_pipeline
-        from pipelines.outputs import check_writable
 
-        if (args.manifest is None) == (args.pie_bench is None):
-            raise UsageError("give a manifest file or --pie-bench ROOT (one of them)")
-        if args.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        jobs = pie_bench_jobs(args.pie_bench) if args.pie_bench else read_jsonl(args.manifest)
-        given = given_options(args)
-        check_writable(args.out)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         rank, world = accelerator.process_index, accelerator.num_processes
         items = args.out / "items"
@@ -268,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     extra = ["--pie-bench", str(args.pie_bench)] if args.pie_bench else ["--manifest", str(args.manifest)]
                     for flag, value in (("--clip-model", args.clip_model), ("--dino-model", args.dino_model),
-                                        ("--lpips-backbone", args.lpips_backbone)):
+                                        ("--lpips-backbone", args.lpips_backbone), ("--metrics", args.metrics)):
                         if value:
                             extra += [flag, value]
                     code = score_main([str(items), *extra, "--out", str(args.out / "report"), "--quiet"])

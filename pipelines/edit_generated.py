@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from pipelines.cli import OneLineParser, add_edit_options, default_out, quiet_libraries, run_cli, spec_from_args
-from pipelines.edit_real import RealEdit, write_outputs
+from pipelines.cli import (
+    OneLineParser,
+    add_edit_options,
+    check_edit_args,
+    default_out,
+    quiet_libraries,
+    run_cli,
+    spec_from_options,
+)
+from pipelines.edit_real import RealEdit, fill_outputs
 
 PROG = "python -m pipelines.edit_generated"
 
@@ -24,29 +31,31 @@ def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit code."""
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_edit_options(parser)
-    args = parser.parse_args(argv)
-    args.out = args.out or default_out(f"generated-seed{args.seed}")
-    quiet_libraries(args.quiet)
+    args = parser.parse_args(argv)  # numbers are checked here, as they are parsed
 
     def go() -> int:
-        import torch
+        from pipelines.outputs import StagedOutput
 
-        from editing import edit
-        from models.loading import load_pipeline
-        from pipelines.outputs import check_writable
+        options = check_edit_args(args)  # light imports only: a refusal does not wait for torch
+        args.out = args.out or default_out(f"generated-seed{args.seed}")
+        with StagedOutput(args.out) as staged:  # an output folder that cannot be written stops here
+            quiet_libraries(args.quiet)
+            import torch
 
-        spec = spec_from_args(args)
-        check_writable(Path(args.out))
-        started = time.perf_counter()
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-        loaded = time.perf_counter() - started
-        generator = torch.Generator().manual_seed(args.seed)
-        started = time.perf_counter()
-        result = edit(pipe, spec, generator=generator, num_steps=args.steps, guidance_scale=args.guidance,
-                      return_attention=args.attention, progress=not args.quiet)
-        seconds = {"load_model": round(loaded, 3), "edit": round(time.perf_counter() - started, 3)}
-        paths = write_outputs(args.out, RealEdit(None, None, result), spec, vars(args), seconds, reconstruction=False)
-        print(f"wrote {len(paths)} files to {args.out}: grid.png shows source | edits")
+            from editing import edit
+            from models.loading import load_pipeline
+
+            spec = spec_from_options([args.src, *args.tgt], options)
+            started = time.perf_counter()
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+            loaded = time.perf_counter() - started
+            generator = torch.Generator().manual_seed(args.seed)
+            started = time.perf_counter()
+            result = edit(pipe, spec, generator=generator, num_steps=args.steps, guidance_scale=args.guidance,
+                          return_attention=args.attention, progress=not args.quiet)
+            seconds = {"load_model": round(loaded, 3), "edit": round(time.perf_counter() - started, 3)}
+            fill_outputs(staged, RealEdit(None, None, result), spec, vars(args), seconds, reconstruction=False)
+        print(f"wrote {len(staged.published)} files to {args.out}: grid.png shows source | edits")
         return 0
 
     return run_cli(PROG, go)

@@ -22,11 +22,14 @@ from pipelines.cli import (
     OneLineParser,
     UsageError,
     add_edit_options,
+    check_edit_args,
+    check_folder_option,
     default_out,
+    number_type,
     parse_crop,
     quiet_libraries,
     run_cli,
-    spec_from_args,
+    spec_from_options,
     versions,
 )
 
@@ -101,57 +104,66 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
 
     Returns the published file paths.
     """
-    from editing import attention_pictures
-    from editing.visualize import captioned, grid
     from pipelines.outputs import StagedOutput
 
-    result = run.result
-    started = time.perf_counter()
     with StagedOutput(out) as staged:
-        tiles, names = [], []
-        if run.input_image is not None:
-            staged.save_image("input.png", run.input_image)
-            tiles.append(captioned(run.input_image, "input"))
-        first = "reconstruction.png" if reconstruction else "source.png"
-        staged.save_image(first, result.images[0])
-        tiles.append(captioned(result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
-        for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
-            staged.save_image(f"edit_{k}.png", image)
-            tiles.append(captioned(image, prompt))
-        staged.save_image("grid.png", grid(tiles))
-        if result.attention is not None:
-            staged.save_image("attention_source.png", attention_pictures(result, 0))
-            for k in range(1, len(spec.prompts)):
-                staged.save_image(f"attention_edit_{k}.png", attention_pictures(result, k))
-        names = sorted(p.name for p in staged.staging.iterdir()) + ["run.json"]
-        record = {
-            "parameters": parameters,
-            "prompts": spec.prompts,
-            "mode": spec.resolved_mode(),
-            "versions": versions(),
-            "seconds": {**seconds, "write": round(time.perf_counter() - started, 3)},
-            "unet_calls": {
-                "inversion_forward": run.inversion.stats.get("unet_forward", 0) if run.inversion else 0,
-                "inversion_backward": run.inversion.stats.get("unet_backward", 0) if run.inversion else 0,
-                "edit": result.stats.get("unet_calls", 0),
-                "attention_explicit": result.stats.get("explicit_attention_calls", 0),
-                "attention_fused": result.stats.get("fused_attention_calls", 0),
-            },
-            "outputs": [str(Path(out) / n) for n in names],
-        }
-        if run.inversion is not None:
-            from eval.metrics import psnr
-
-            value = psnr(result.images[0], run.input_image)
-            record["inversion"] = {
-                "method": run.inversion.method,
-                "cache_hit": bool(run.inversion.stats.get("cache_hit")),
-                "reconstruction_psnr_db": None if math.isinf(value) else round(value, 3),
-                "latent_error": run.inversion.stats.get("latent_error"),
-                "batch_size": run.inversion.stats.get("batch_size", 1),
-            }
-        staged.save_json("run.json", {**record, **(extra or {})})
+        fill_outputs(staged, run, spec, parameters, seconds, reconstruction, extra)
     return staged.published
+
+
+def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
+                 extra: dict | None = None) -> None:
+    """Write the pictures and run.json of one edit into an open ``StagedOutput`` (published when
+    its block ends without error)."""
+    from editing import attention_pictures
+    from editing.visualize import captioned, grid
+
+    result = run.result
+    out = staged.out
+    started = time.perf_counter()
+    tiles, names = [], []
+    if run.input_image is not None:
+        staged.save_image("input.png", run.input_image)
+        tiles.append(captioned(run.input_image, "input"))
+    first = "reconstruction.png" if reconstruction else "source.png"
+    staged.save_image(first, result.images[0])
+    tiles.append(captioned(result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
+    for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
+        staged.save_image(f"edit_{k}.png", image)
+        tiles.append(captioned(image, prompt))
+    staged.save_image("grid.png", grid(tiles))
+    if result.attention is not None:
+        staged.save_image("attention_source.png", attention_pictures(result, 0))
+        for k in range(1, len(spec.prompts)):
+            staged.save_image(f"attention_edit_{k}.png", attention_pictures(result, k))
+    names = sorted(p.name for p in staged.staging.iterdir()) + ["run.json"]
+    record = {
+        "parameters": parameters,
+        "prompts": spec.prompts,
+        "mode": spec.resolved_mode(),
+        "versions": versions(),
+        "seconds": {**seconds, "write": round(time.perf_counter() - started, 3)},
+        "unet_calls": {
+            "inversion_forward": run.inversion.stats.get("unet_forward", 0) if run.inversion else 0,
+            "inversion_backward": run.inversion.stats.get("unet_backward", 0) if run.inversion else 0,
+            "edit": result.stats.get("unet_calls", 0),
+            "attention_explicit": result.stats.get("explicit_attention_calls", 0),
+            "attention_fused": result.stats.get("fused_attention_calls", 0),
+        },
+        "outputs": [str(Path(out) / n) for n in names],
+    }
+    if run.inversion is not None:
+        from eval.metrics import psnr
+
+        value = psnr(result.images[0], run.input_image)
+        record["inversion"] = {
+            "method": run.inversion.method,
+            "cache_hit": bool(run.inversion.stats.get("cache_hit")),
+            "reconstruction_psnr_db": None if math.isinf(value) else round(value, 3),
+            "latent_error": run.inversion.stats.get("latent_error"),
+            "batch_size": run.inversion.stats.get("batch_size", 1),
+        }
+    staged.save_json("run.json", {**record, **(extra or {})})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit_options(parser)
     parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"], default="null-text",
                         help="how the photo is inverted (default null-text)")
-    parser.add_argument("--inner-steps", type=int, default=10, help="null-text Adam steps per DDIM step (default 10)")
+    parser.add_argument("--inner-steps", type=number_type("inner_steps"), default=10,
+                        help="null-text Adam steps per DDIM step, 0…1000 (default 10)")
     parser.add_argument("--crop", default="center", help="'center' or LEFT,RIGHT,TOP,BOTTOM pixel offsets cut first")
     parser.add_argument("--cache-dir", default=None, help="folder of cached inversions (invert once, edit many)")
     return parser
@@ -168,33 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit code."""
-    args = build_parser().parse_args(argv)
-    args.out = args.out or default_out(Path(args.photo).stem or "photo")
-    quiet_libraries(args.quiet)
+    args = build_parser().parse_args(argv)  # numbers are checked here, as they are parsed
 
     def go() -> int:
-        import torch
-
         from data.images import load_image
-        from models.loading import load_pipeline
-        from pipelines.outputs import check_writable
+        from pipelines.outputs import StagedOutput
 
-        spec = spec_from_args(args)
+        # everything a user can get wrong is checked first, with light imports only
+        options = check_edit_args(args)
         crop = parse_crop(args.crop)
-        if args.inner_steps < 0:
-            raise UsageError(f"--inner-steps {args.inner_steps}: give 0 or more")
+        if args.cache_dir is not None:
+            check_folder_option(args.cache_dir, "--cache-dir")
+        if not args.photo.strip():
+            raise UsageError("the photo path is empty: give a photo file (PNG, JPEG, WebP, …)")
         load_image(args.photo, size=8, crop=crop)  # a bad photo fails before the model loads
-        check_writable(Path(args.out))
-        torch.manual_seed(args.seed)
-        started = time.perf_counter()
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-        loaded = time.perf_counter() - started
-        run = run_real_edit(pipe, args.photo, spec, method=args.inversion, steps=args.steps,
-                            guidance=args.guidance, inner_steps=args.inner_steps, crop=crop,
-                            cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet)
-        seconds = {"load_model": round(loaded, 3), **{k: round(v, 3) for k, v in run.seconds.items()}}
-        paths = write_outputs(args.out, run, spec, vars(args), seconds)
-        print(f"wrote {len(paths)} files to {args.out}: grid.png shows input | reconstruction | edits")
+        args.out = args.out or default_out(Path(args.photo).stem or "photo")
+        with StagedOutput(args.out) as staged:  # an output folder that cannot be written stops here
+            quiet_libraries(args.quiet)
+            import torch
+
+            from models.loading import load_pipeline
+
+            spec = spec_from_options([args.src, *args.tgt], options)
+            torch.manual_seed(args.seed)
+            started = time.perf_counter()
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+            loaded = time.perf_counter() - started
+            run = run_real_edit(pipe, args.photo, spec, method=args.inversion, steps=args.steps,
+                                guidance=args.guidance, inner_steps=args.inner_steps, crop=crop,
+                                cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet)
+            seconds = {"load_model": round(loaded, 3), **{k: round(v, 3) for k, v in run.seconds.items()}}
+            fill_outputs(staged, run, spec, vars(args), seconds)
+        print(f"wrote {len(staged.published)} files to {args.out}: grid.png shows input | reconstruction | edits")
         return 0
 
     return run_cli(PROG, go)

@@ -2,6 +2,8 @@
 
 Files are written into a hidden staging folder beside the output folder and moved in only when
 the run succeeds (a folder rename when the output folder is new, else one atomic rename per file).
+The commands create the staging folder before they load a model, so an output folder that cannot
+be written is refused before the work, not after it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,30 @@ class OutputError(OSError):
     """The output folder cannot be used; the message says why and what to do."""
 
 
-def check_writable(out: Path) -> None:
-    """Raise OutputError unless ``out`` is (or can be created as) a writable folder; creates nothing."""
-    out = Path(out).absolute()
+def _refuse_file(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder: choose another output folder")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {probe}: choose an output folder you can write to (--out)")
+
+
+def _cannot(out: Path, folder: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or type(exc).__name__
+    return OutputError(f"--out {out}: cannot create a folder in {folder} ({reason}); choose an output folder you can write to")
+
+
+def check_writable(out: Path) -> None:
+    """Raise OutputError unless files can be written inside ``out``, checked by doing: ``out``
+    (and its parents) are created when missing, and a staging folder is made in it and removed.
+
+    Permission bits are not enough (``os.access`` says yes to root for /proc or a read-only mount).
+    ``out`` stays created: the commands that call this write into it next.
+    """
+    out = Path(out).absolute()
+    _refuse_file(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tempfile.mkdtemp(prefix=".probe-", dir=out))
+    except OSError as exc:
+        raise _cannot(out, out, exc) from None
 
 
 class StagedOutput:
@@ -44,9 +60,15 @@ class StagedOutput:
         self.published: list[Path] = []
 
     def __enter__(self) -> "StagedOutput":
-        check_writable(self.out)
-        self.out.absolute().parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.absolute().parent))
+        """Create the staging folder beside ``out`` (its parents too): an output folder that cannot
+        be written is refused here, before any work, with OutputError."""
+        _refuse_file(self.out.absolute())
+        parent = self.out.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
+        except OSError as exc:
+            raise _cannot(self.out, parent, exc) from None
         return self
 
     def path(self, name: str) -> Path:

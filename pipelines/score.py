@@ -23,9 +23,21 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipelines.cli import OneLineParser, UsageError, quiet_libraries, run_cli
+from eval.report import METRICS, NEEDS_MODEL
+from pipelines.cli import (
+    OneLineParser,
+    UsageError,
+    check_file_option,
+    check_folder_option,
+    check_model_option,
+    quiet_libraries,
+    run_cli,
+)
 
 PROG = "python -m pipelines.score"
+CLIP_MODEL = "openai/clip-vit-large-patch14"
+DINO_MODEL = "facebook/dino-vitb8"
+MODEL_OPTION = {"clip": "--clip-model", "dino": "--dino-model", "lpips": "--lpips-backbone"}
 
 
 @dataclass
@@ -50,15 +62,37 @@ def method_of(run: dict) -> str:
     return f"{inversion}+p2p" if inversion else "generated+p2p"
 
 
-def load_masks(manifest: Path | None, pie_root: Path | None, border: bool) -> dict[str, tuple[str, np.ndarray | None]]:
-    """id → (edit type, mask [H, W] with 1 = edited, or None) from either source."""
-    out: dict[str, tuple[str, np.ndarray | None]] = {}
+@dataclass
+class Annotation:
+    """What a mapping file or manifest says about an item: its edit type, its edit mask (1 =
+    edited, or None), and the photo PIE-Bench stores for it (None for a manifest)."""
+
+    edit_type: str
+    mask: np.ndarray | None
+    photo: Path | None = None
+
+
+def _with_border(mask: np.ndarray) -> np.ndarray:
+    mask = np.array(mask, dtype=np.uint8)
+    mask[0, :] = mask[-1, :] = 1
+    mask[:, 0] = mask[:, -1] = 1
+    return mask
+
+
+def load_masks(manifest: Path | None, pie_root: Path | None, compat: bool) -> dict[str, Annotation]:
+    """id → ``Annotation`` from either source.
+
+    By default an empty mask list means no edit region (the whole image is background). With
+    ``compat`` every mask, an empty one included, gets the one-pixel image border marked as
+    edited, as PIE-Bench's evaluator does.
+    """
+    out: dict[str, Annotation] = {}
     if pie_root is not None:
         from data.pie_bench import EDIT_TYPES, load_mapping
 
         for item in load_mapping(pie_root):
-            mask = item.mask(border=border) if item.mask_rle else None
-            out[item.id] = (f"{item.edit_type} {EDIT_TYPES.get(item.edit_type, '')}".strip(), mask)
+            mask = item.mask(border=True) if compat else (item.mask() if item.mask_rle else None)
+            out[item.id] = Annotation(f"{item.edit_type} {EDIT_TYPES.get(item.edit_type, '')}".strip(), mask, item.image)
     if manifest is not None:
         from data.pie_bench import decode_mask
 
@@ -69,17 +103,23 @@ def load_masks(manifest: Path | None, pie_root: Path | None, border: bool) -> di
                 entry = json.loads(line)
                 mask = entry.get("mask")
                 if isinstance(mask, list):
-                    mask = decode_mask(mask, border=border)
+                    mask = decode_mask(mask, border=compat)
                 elif isinstance(mask, str):
                     mask = (np.asarray(Image.open(manifest.parent / mask).convert("L")) > 127).astype(np.uint8)
-                out[str(entry["id"])] = (str(entry.get("edit_type", "all")), mask)
+                    mask = _with_border(mask) if compat else mask
+                out[str(entry["id"])] = Annotation(str(entry.get("edit_type", "all")), mask)
             except (ValueError, KeyError, OSError) as exc:
                 raise UsageError(f"{manifest}:{number}: cannot use this line ({exc})") from None
     return out
 
 
-def find_edits(results: Path, masks: dict) -> list[Edit]:
-    """Every (result folder, target) pair under ``results``."""
+def find_edits(results: Path, masks: dict[str, Annotation], compat: bool = False) -> list[Edit]:
+    """Every (result folder, target) pair under ``results``.
+
+    The source photo is the folder's ``input.png`` (or ``source.png``); with ``compat`` and a
+    PIE-Bench item it is PIE-Bench's stored photo, read as the evaluator reads it (no EXIF
+    rotation), which must exist and have the edit's size.
+    """
     edits = []
     for run_file in sorted(results.rglob("run.json")):
         folder = run_file.parent
@@ -88,12 +128,32 @@ def find_edits(results: Path, masks: dict) -> list[Edit]:
         except (OSError, json.JSONDecodeError):
             continue
         source = folder / "input.png" if (folder / "input.png").is_file() else folder / "source.png"
-        edit_type, mask = masks.get(folder.name, ("all", None))
+        note = masks.get(folder.name, Annotation("all", None))
+        if compat and note.photo is not None:
+            source = note.photo
         for k, prompt in enumerate(run.get("prompts", [])[1:], start=1):
             edited = folder / f"edit_{k}.png"
-            if edited.is_file() and source.is_file():
-                edits.append(Edit(folder.name, method_of(run), k, source, edited, prompt, edit_type, mask))
+            if not edited.is_file():
+                continue
+            if source == note.photo:
+                _check_stored_photo(source, edited)
+            elif not source.is_file():
+                continue
+            edits.append(Edit(folder.name, method_of(run), k, source, edited, prompt, note.edit_type, note.mask))
     return edits
+
+
+def _check_stored_photo(photo: Path, edited: Path) -> None:
+    """Compat mode compares PIE-Bench's stored photo with the edit pixel for pixel, as the
+    evaluator does: the photo must be there and of the edit's size."""
+    if not photo.is_file():
+        raise UsageError(f"--pie-bench-compat reads each source photo from PIE-Bench, as its evaluator does, "
+                         f"but {photo} is missing: pass the full dataset folder, or score without --pie-bench-compat")
+    with Image.open(photo) as a, Image.open(edited) as b:
+        if a.size != b.size:
+            raise UsageError(f"--pie-bench-compat compares PIE-Bench's {photo} ({a.size[0]}×{a.size[1]}) with "
+                             f"{edited} ({b.size[0]}×{b.size[1]}) pixel for pixel, as the evaluator does: edit at "
+                             "the dataset's size, or score without --pie-bench-compat")
 
 
 def _fit(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
@@ -102,41 +162,97 @@ def _fit(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
     return np.asarray(Image.fromarray(mask * 255).resize(size, Image.Resampling.NEAREST)) > 127
 
 
-def score_edit(edit: Edit, args) -> dict:
-    """All metrics of one edit (NaN where a metric does not apply, e.g. no mask)."""
+def lpips_net(args) -> str:
+    """The LPIPS backbone: SqueezeNet in compat mode (the evaluator's), else --lpips-net."""
+    return "squeeze" if args.pie_bench_compat else args.lpips_net
+
+
+def score_edit(edit: Edit, args, wanted=METRICS) -> dict:
+    """The ``wanted`` metrics of one edit (NaN where a metric does not apply, e.g. no mask)."""
     from eval import metrics
 
     src = Image.open(edit.source).convert("RGB")
     dst = Image.open(edit.edited).convert("RGB")
     mask = _fit(edit.mask, src.size)
     compat = args.pie_bench_compat
-    net = "squeeze" if compat else args.lpips_net
-    row = {"id": edit.id, "method": edit.method, "target": edit.target, "edit_type": edit.edit_type, "prompt": edit.prompt}
-    row["clip_whole"] = metrics.clip_score([dst], [edit.prompt], model=args.clip_model)[0]
-    row["clip_edited"] = (metrics.clip_score([dst], [edit.prompt], model=args.clip_model, masks=[mask])[0]
-                          if mask is not None and mask.any() else math.nan)
-    row["structure_distance"] = metrics.structure_distance(src, dst, model=args.dino_model, compat=compat)
-    row["psnr"] = metrics.psnr(src, dst, mask, compat)
-    row["lpips"] = metrics.lpips(src, dst, net=net, mask=mask, compat=compat, backbone=args.lpips_backbone)
-    row["mse"] = metrics.mse(src, dst, mask, compat)
-    row["ssim"] = metrics.ssim(src, dst, mask, compat)
-    if compat and mask is not None and mask.all():
-        for m in ("psnr", "lpips", "mse", "ssim"):
-            row[m] = math.nan  # the evaluator's NaN items: nothing left unedited
+    nothing_kept = compat and mask is not None and mask.all()  # the evaluator's NaN items
+    compute = {
+        "clip_whole": lambda: metrics.clip_score([dst], [edit.prompt], model=args.clip_model)[0],
+        "clip_edited": lambda: (metrics.clip_score([dst], [edit.prompt], model=args.clip_model, masks=[mask])[0]
+                                if mask is not None and mask.any() else math.nan),
+        "structure_distance": lambda: metrics.structure_distance(src, dst, model=args.dino_model, compat=compat),
+        "psnr": lambda: metrics.psnr(src, dst, mask, compat),
+        "lpips": lambda: metrics.lpips(src, dst, net=lpips_net(args), mask=mask, compat=compat,
+                                       backbone=args.lpips_backbone),
+        "mse": lambda: metrics.mse(src, dst, mask, compat),
+        "ssim": lambda: metrics.ssim(src, dst, mask, compat),
+    }
+    row = {}
+    for m in wanted:
+        row[m] = math.nan if nothing_kept and m in ("psnr", "lpips", "mse", "ssim") else compute[m]()
     return row
+
+
+def parse_metrics(text: str | None) -> list[str]:
+    """--metrics "psnr,ssim" → ["psnr", "ssim"] (in report order); None → every metric."""
+    if text is None:
+        return list(METRICS)
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--metrics is empty: give a comma-separated choice of {','.join(METRICS)}")
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UsageError(f"--metrics: unknown {', '.join(unknown)}; choose from {','.join(METRICS)}")
+    return [m for m in METRICS if m in names]
+
+
+def check_score_options(args) -> list[str]:
+    """Check the scoring options without importing torch (also for ``edit_dataset --score``):
+    the metric names and the model options. Returns the chosen metrics."""
+    chosen = parse_metrics(args.metrics)
+    for option, value in (("--clip-model", args.clip_model), ("--dino-model", args.dino_model)):
+        if value is not None:
+            check_model_option(value, option, "transformers")
+    if args.lpips_backbone is not None and args.lpips_backbone != "random":
+        check_file_option(args.lpips_backbone, "--lpips-backbone", "weights file")
+    return chosen
+
+
+def load_models(needed: set[str], chosen: list[str], args) -> None:
+    """Load the models the metrics still to score need; a missing one stops the run before any
+    scoring, with one line naming it, how to get it, and the --metrics that scores without it."""
+    from eval import metrics
+    from eval.lpips import MetricModelError
+
+    for kind in ("clip", "dino", "lpips"):
+        wanted = [m for m in needed if NEEDS_MODEL.get(m) == kind]
+        if not wanted:
+            continue
+        try:
+            metrics.preload(wanted, clip_model=args.clip_model, dino_model=args.dino_model,
+                            lpips_net=lpips_net(args), lpips_backbone=args.lpips_backbone)
+        except MetricModelError as exc:
+            rest = [m for m in chosen if NEEDS_MODEL.get(m) != kind]
+            without = (f"To score without it: --metrics {','.join(rest)}" if rest else
+                       "PSNR, MSE and SSIM need no model: --metrics psnr,mse,ssim")
+            reason = " ".join(str(exc).split())  # one line, whatever the loader said
+            raise UsageError(f"{reason} {without} (a later run with the model fills the rest in).") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="folder of edit results (searched recursively for run.json)")
+    # paths stay text until checked: argparse's Path("") would quietly mean the current folder
+    parser.add_argument("results", help="folder of edit results (searched recursively for run.json)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--manifest", type=Path, help="JSONL with id, edit_type, mask per item")
-    source.add_argument("--pie-bench", type=Path, metavar="ROOT", help="PIE-Bench root (mapping_file.json)")
-    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    source.add_argument("--manifest", help="JSONL with id, edit_type, mask per item")
+    source.add_argument("--pie-bench", metavar="ROOT", help="PIE-Bench root (mapping_file.json, annotation_images/)")
+    parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--pie-bench-compat", action="store_true",
                         help="reproduce PIE-Bench's evaluator conventions (see README)")
-    parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP hub id or folder")
-    parser.add_argument("--dino-model", default="facebook/dino-vitb8", help="DINO ViT hub id or folder")
+    parser.add_argument("--metrics", default=None,
+                        help=f"comma-separated metrics to score (default all: {','.join(METRICS)})")
+    parser.add_argument("--clip-model", default=CLIP_MODEL, help="CLIP hub id or folder")
+    parser.add_argument("--dino-model", default=DINO_MODEL, help="DINO ViT hub id or folder")
     parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     parser.add_argument("--lpips-backbone", default=None,
                         help="torchvision ImageNet weights file for the LPIPS net (default: torch.hub's cache)")
@@ -147,36 +263,56 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit code."""
     args = build_parser().parse_args(argv)
-    quiet_libraries(args.quiet)
 
     def go() -> int:
         from eval import report
-        from eval.lpips import MetricModelError
+        from pipelines.outputs import check_writable
 
-        if not args.results.is_dir():
-            raise UsageError(f"{args.results}: no such folder of results")
-        masks = load_masks(args.manifest, args.pie_bench, border=args.pie_bench_compat)
-        edits = find_edits(args.results, masks)
+        # everything a user can get wrong is checked first, with light imports only
+        chosen = check_score_options(args)
+        results = check_folder_option(args.results, "RESULTS", must_exist=True)
+        manifest = check_file_option(args.manifest, "--manifest", "JSONL file") if args.manifest is not None else None
+        pie_bench = None
+        if args.pie_bench is not None:
+            if not args.pie_bench.strip():
+                raise UsageError("--pie-bench is empty: give the PIE-Bench folder (with mapping_file.json)")
+            pie_bench = Path(args.pie_bench).expanduser()
+        out = check_folder_option(args.out, "--out")
+        masks = load_masks(manifest, pie_bench, compat=args.pie_bench_compat)
+        edits = find_edits(results, masks, compat=args.pie_bench_compat)
         if not edits:
-            raise UsageError(f"{args.results}: no run.json with edit_K.png found; point at the --out folder of an edit run")
-        args.out.mkdir(parents=True, exist_ok=True)
-        scores_path = args.out / "scores.csv"
+            raise UsageError(f"{results}: no run.json with edit_K.png found; point at the --out folder of an edit run")
+        check_writable(out)  # by making (and removing) a folder in it
+        scores_path = out / "scores.csv"
         rows = report.read_scores(scores_path)
-        done = {(r["id"], r["method"], str(r["target"])) for r in rows}
-        todo = [e for e in edits if (e.id, e.method, str(e.target)) not in done]
-        try:
-            for edit in tqdm(todo, desc="scoring", disable=args.quiet):
-                rows.append(score_edit(edit, args))
-                if len(rows) % 20 == 0:
-                    report.write_scores(scores_path, rows)  # a killed run keeps what it scored
-        except MetricModelError as exc:
-            report.write_scores(scores_path, rows)
-            raise UsageError(str(exc)) from None
+        by_key = {(r["id"], r["method"], str(r["target"])): r for r in rows}
+        todo = []  # (edit, its row or None, the chosen metrics that row lacks)
+        for edit in edits:
+            row = by_key.get((edit.id, edit.method, str(edit.target)))
+            missing = [m for m in chosen if row is None or row.get(m) is None]
+            if missing:
+                todo.append((edit, row, missing))
+        quiet_libraries(args.quiet)
+        load_models({m for _, _, missing in todo for m in missing}, chosen, args)
+        new = filled = 0
+        for n, (edit, row, missing) in enumerate(tqdm(todo, desc="scoring", disable=args.quiet), start=1):
+            values = score_edit(edit, args, missing)
+            if row is None:
+                rows.append({"id": edit.id, "method": edit.method, "target": edit.target, "edit_type": edit.edit_type,
+                             "prompt": edit.prompt, **{m: None for m in METRICS}, **values})
+                new += 1
+            else:
+                row.update(values)  # fills in what it lacks, keeps what it has
+                filled += 1
+            if n % 20 == 0:
+                report.write_scores(scores_path, rows)  # a killed run keeps what it scored
         report.write_scores(scores_path, rows)
-        report.atomic_write(args.out / "summary.md", report.summary_markdown(rows, args.pie_bench_compat))
-        pictures = report.plots(rows, args.out)
-        print(f"scored {len(todo)} new edits ({len(rows)} in all); report in {args.out}: "
-              f"scores.csv, summary.md, {len(pictures)} plots")
+        report.atomic_write(out / "summary.md", report.summary_markdown(rows, args.pie_bench_compat))
+        pictures = report.plots(rows, out)
+        lacking = report.unscored(rows)
+        print(f"scored {new} new edits ({len(rows)} in all)" + (f", filled in metrics of {filled} earlier rows" if filled else "")
+              + f"; report in {out}: scores.csv, summary.md, {len(pictures)} plots"
+              + (f"; not scored yet: {', '.join(lacking)} (rerun with --metrics {','.join(lacking)})" if lacking else ""))
         return 0
 
     return run_cli(PROG, go)

@@ -83,7 +83,7 @@ BAD = [
     ("reweight word", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--reweight", "horse=2"], "horse"),
     ("blend word", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--blend", "cow:dog"], "cow"),
     ("replace counts", [PHOTO, "--src", "a cat", "--tgt", "a big dog", "--mode", "replace"], "mode 'refine'"),
-    ("cross 1.5", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--cross-replace", "1.5"], "outside [0, 1]"),
+    ("cross 1.5", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--cross-replace", "1.5"], "in [0, 1]"),
     ("reweight no scale", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--reweight", "dog"], "WORD=SCALE"),
     ("unknown model", [PHOTO, "--src", "a cat", "--tgt", "a dog", "--model", "nobody/none-such"], "nobody/none-such"),
 ]

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,13 +54,13 @@ def test_load_mapping(tmp_path):
     assert clean_prompt("a  [red]  car") == "a red car"
 
 
-def _results(tmp_path, ids=("000000000001", "000000000002")):
+def _results(tmp_path, ids=("000000000001", "000000000002"), size=64):
     rng = np.random.default_rng(0)
     results = tmp_path / "results"
     for n, item in enumerate(ids):
         folder = results / item
         folder.mkdir(parents=True)
-        src = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        src = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
         Image.fromarray(src).save(folder / "input.png")
         edited = src.copy()
         edited[:8] = 255 - edited[:8]
@@ -100,8 +101,25 @@ def test_score_command_writes_report_and_skips_scored(tmp_path, metric_models, c
     assert "scored 1 new edits (3 in all)" in capsys.readouterr().out
 
 
+def _stored_photos(root, results, rotate=False):
+    """PIE-Bench's stored photos: each item's input.png, saved as the JPEG the mapping names
+    (upside down with an EXIF 'rotate 180°' tag when ``rotate``: the same picture once rotated)."""
+    for entry in json.loads((root / "mapping_file.json").read_text()).values():
+        item = Path(entry["image_path"]).stem
+        photo = Image.open(results / item / "input.png")
+        path = root / "annotation_images" / entry["image_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rotate:
+            exif = Image.Exif()
+            exif[0x0112] = 3
+            photo.rotate(180).save(path, quality=95, exif=exif)
+        else:
+            photo.save(path, quality=95)
+
+
 def test_compat_mode_uses_border_and_excludes_nan(tmp_path, metric_models):
     root, results, out = _pie_root(tmp_path), _results(tmp_path), tmp_path / "report"
+    _stored_photos(root, results)
     mapping = json.loads((root / "mapping_file.json").read_text())
     mapping["000000000002"]["mask"] = [0, 512 * 512]  # everything edited: background metrics are NaN
     (root / "mapping_file.json").write_text(json.dumps(mapping))
@@ -119,3 +137,68 @@ def test_compat_mode_uses_border_and_excludes_nan(tmp_path, metric_models):
 def test_score_errors_are_one_line(tmp_path, capsys):
     assert score_main([str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def _args(results, root, out, metric_models, *extra):
+    return [str(results), "--pie-bench", str(root), "--out", str(out), "--clip-model", metric_models["clip"],
+            "--dino-model", metric_models["dino"], "--lpips-backbone", "random", "--quiet", *extra]
+
+
+def test_compat_matches_the_evaluator_on_empty_masks_and_stored_photos(tmp_path, metric_models):
+    """Item 2's mask list is empty. The evaluator still zeroes the one-pixel border and reads
+    PIE-Bench's stored pixels (no EXIF rotation); the default mode scores the whole of input.png."""
+    from eval import metrics
+
+    root, results = _pie_root(tmp_path), _results(tmp_path, size=512)  # PIE-Bench's size: masks apply unscaled
+    _stored_photos(root, results, rotate=True)
+    chosen = ["--metrics", "psnr,clip_edited"]  # SSIM follows the same mask, at 512 px it costs seconds
+    assert score_main(_args(results, root, tmp_path / "compat", metric_models, "--pie-bench-compat", *chosen)) == 0
+    assert score_main(_args(results, root, tmp_path / "default", metric_models, *chosen)) == 0
+    compat = {r["id"]: r for r in report.read_scores(tmp_path / "compat" / "scores.csv")}["000000000002"]
+    default = {r["id"]: r for r in report.read_scores(tmp_path / "default" / "scores.csv")}["000000000002"]
+
+    stored = Image.open(root / "annotation_images" / "9_style" / "000000000002.jpg").convert("RGB")  # as stored
+    edited = Image.open(results / "000000000002" / "edit_1.png")
+    border = decode_mask([], border=True)
+    assert compat["psnr"] == pytest.approx(metrics.psnr(stored, edited, border, compat=True), rel=1e-6)
+    assert 0 <= compat["clip_edited"] <= 100  # the border-only image is scored, not NaN
+
+    source = Image.open(results / "000000000002" / "input.png")
+    assert default["psnr"] == pytest.approx(metrics.psnr(source, edited), rel=1e-6)
+    assert math.isnan(default["clip_edited"])
+
+
+def test_compat_refuses_a_missing_stored_photo(tmp_path, metric_models, capsys):
+    root, results = _pie_root(tmp_path), _results(tmp_path)
+    assert score_main(_args(results, root, tmp_path / "r", metric_models, "--pie-bench-compat")) == 2
+    err = capsys.readouterr().err
+    assert "000000000001.jpg is missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_metrics_choice_without_models_then_fill_in(tmp_path, metric_models, capsys):
+    root, results, out = _pie_root(tmp_path), _results(tmp_path), tmp_path / "report"
+    no_models = [str(results), "--pie-bench", str(root), "--out", str(out), "--clip-model", "nobody/no-clip",
+                 "--dino-model", "nobody/no-dino", "--lpips-backbone", str(tmp_path / "none.pth"), "--quiet"]
+    (tmp_path / "none.pth").write_bytes(b"not a state dict")
+    assert score_main([*no_models, "--metrics", "psnr,ssim,mse"]) == 0
+    rows = report.read_scores(out / "scores.csv")
+    assert all(r["psnr"] > 0 and r["lpips"] is None and r["clip_whole"] is None for r in rows)
+    assert "not scored yet" in capsys.readouterr().out
+    assert "Not scored yet" in (out / "summary.md").read_text()
+    first = {r["id"]: r["psnr"] for r in rows}
+
+    # every metric, CLIP missing: stopped before scoring, one line naming the model, the fix and --metrics
+    assert score_main(no_models) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "nobody/no-clip" in err and "huggingface-cli download" in err
+    assert "--metrics structure_distance,psnr,lpips,mse,ssim" in err
+    assert report.read_scores(out / "scores.csv") == rows
+
+    # with the models: the missing metrics are filled in, the ones the rows have are kept
+    assert score_main(_args(results, root, out, metric_models)) == 0
+    assert "filled in metrics of 2 earlier rows" in capsys.readouterr().out
+    again = report.read_scores(out / "scores.csv")
+    assert {r["id"]: r["psnr"] for r in again} == first
+    assert all(r["lpips"] is not None and r["clip_whole"] is not None for r in again)
+    assert "Not scored yet" not in (out / "summary.md").read_text()

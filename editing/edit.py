@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -161,6 +162,7 @@ def edit(
     return_attention: bool = False,
     inversion=None,
     progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> EditResult:
     """Edit with Prompt-to-Prompt: every prompt of ``spec`` in one batch, source first.
 
@@ -174,6 +176,8 @@ def edit(
         guidance_scale: w (default 7.5, or the inversion's).
         inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T) and its null embeddings.
         return_attention: keep the averaged cross-attention maps in ``result.attention``.
+        on_step: called after each denoising step with (steps done, num_steps); it may raise to
+            stop the edit between steps (cooperative cancellation).
 
     Returns:
         EditResult with one image per prompt (source first).
@@ -210,7 +214,7 @@ def edit(
     started = time.perf_counter()
     cond = encode_text(pipe, spec.prompts)
     uncond = null_embeddings if null_embeddings is not None else encode_text(pipe, [""])
-    final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress)
+    final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress, on_step)
     denoised = time.perf_counter()
     images = decode_latents(pipe, final)
     result = EditResult(

@@ -6,6 +6,8 @@ It does not know which controller runs; with none it is plain DDIM sampling.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +26,7 @@ def denoise(
     num_steps: int,
     guidance_scale: float,
     progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Run ``num_steps`` DDIM steps on B rows at once.
 
@@ -33,6 +36,8 @@ def denoise(
             (null-text inversion's), shared by every row.
         latents: starting latent [1, 4, h, w] (shared by every row) or [B, 4, h, w].
         controller: attention controller, or None.
+        on_step: called after each step with (steps done, num_steps); it may raise to stop the
+            loop between steps (cooperative cancellation).
 
     Returns:
         (latents [B, 4, h, w], stats): stats counts UNet calls and explicit/fused attention calls.
@@ -52,6 +57,8 @@ def denoise(
             z = scheduler.step(noise, t, z, eta=0.0).prev_sample
             if controller is not None:
                 z = controller.on_step_end(z, i)
+            if on_step is not None:
+                on_step(i + 1, num_steps)
         stats = {"unet_calls": num_steps, "explicit_attention_calls": hook.explicit_calls,
                  "fused_attention_calls": hook.fused_calls}
     return z, stats

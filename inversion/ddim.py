@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -47,13 +49,16 @@ def ddim_next(scheduler, eps: torch.Tensor, t: int | torch.Tensor, sample: torch
 
 @torch.no_grad()
 def ddim_inversion(
-    pipe, latent: torch.Tensor, cond: torch.Tensor, num_steps: int, progress: bool = False
+    pipe, latent: torch.Tensor, cond: torch.Tensor, num_steps: int, progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Invert latents with DDIM at guidance 1 (conditional prediction only).
 
     Args:
         latent: z_0 [N, 4, h, w], the photos' VAE latents.
         cond: the source prompts' embeddings [N, 77, d].
+        on_step: called after each step with (steps done, num_steps); it may raise to stop the
+            inversion between steps (cooperative cancellation).
 
     Returns:
         The trajectory z_0 … z_T as [T+1, N, 4, h, w].
@@ -63,8 +68,10 @@ def ddim_inversion(
     z = latent.to(pipe.device, pipe.unet.dtype)
     cond = cond.to(z.device, z.dtype)
     trajectory = [z]
-    for t in tqdm(scheduler.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
+    for i, t in enumerate(tqdm(scheduler.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False)):
         out = pipe.unet(z, t, encoder_hidden_states=cond).sample
         z = ddim_next(scheduler, predicted_noise(scheduler, out, t, z), t, z)
         trajectory.append(z)
+        if on_step is not None:
+            on_step(i + 1, num_steps)
     return torch.stack(trajectory)

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -52,7 +53,13 @@ class _UnetCounter:
         self._handle.remove()
 
 
-def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_inner_steps, early_stop_epsilon, progress):
+def _stage(on_step, stage: str):
+    """``on_step`` bound to one stage's name, or None."""
+    return None if on_step is None else (lambda done, total: on_step(stage, done, total))
+
+
+def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_inner_steps, early_stop_epsilon, progress,
+                  on_step=None):
     timings = {}
     started = time.perf_counter()
     latent = torch.cat([encode_image(pipe, im) for im in images])
@@ -61,7 +68,8 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
     counter = _UnetCounter(pipe.unet)
     try:
         started = time.perf_counter()
-        trajectory = ddim_inversion(pipe, latent, cond, num_steps, progress=progress)
+        trajectory = ddim_inversion(pipe, latent, cond, num_steps, progress=progress,
+                                    on_step=_stage(on_step, "ddim inversion"))
         timings["ddim_inversion"] = time.perf_counter() - started
         counts = {"unet_forward": 0, "unet_backward": 0}
         per_item: dict = {}
@@ -70,6 +78,7 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
             nulls, per_item = null_text_optimization(
                 pipe, trajectory, cond, encode_text(pipe, [""]), num_steps, guidance_scale,
                 num_inner_steps, early_stop_epsilon, progress=progress, counts=counts,
+                on_step=_stage(on_step, "null-text"),
             )
             timings["null_text"] = time.perf_counter() - started
         elif method == "negative-prompt":
@@ -119,6 +128,7 @@ def invert(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     crop: Crop = "center",
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> Inversion | list[Inversion]:
     """Invert photo(s) into a DDIM starting latent and per-step null embeddings.
 
@@ -132,6 +142,9 @@ def invert(
         num_inner_steps, early_stop_epsilon: null-text's Adam steps per DDIM step and threshold.
         cache_dir: a folder in which results are stored and looked up (invert once, edit many).
         crop: how the photo is cut to a square (see ``data.load_image``).
+        on_step: called after every step with (stage, steps done, steps in the stage), the stage
+            being "ddim inversion" or "null-text"; it may raise to stop the inversion between
+            steps (cooperative cancellation: nothing is cached then). Not called on a cache hit.
 
     Returns:
         An ``Inversion``, or a list of them when ``image`` is a list.
@@ -171,7 +184,7 @@ def invert(
     if todo:
         fresh = _invert_batch(
             pipe, [images[k] for k in todo], [prompts[k] for k in todo], method, num_steps,
-            guidance_scale, num_inner_steps, early_stop_epsilon, progress,
+            guidance_scale, num_inner_steps, early_stop_epsilon, progress, on_step,
         )
         for k, inv in zip(todo, fresh):
             inv.stats["cache_hit"] = False

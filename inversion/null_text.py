@@ -7,6 +7,8 @@ Adam state and its own early stop.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -29,6 +31,7 @@ def null_text_optimization(
     early_stop_epsilon: float = 1e-5,
     progress: bool = False,
     counts: dict | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Optimize the per-step null embeddings.
 
@@ -37,6 +40,8 @@ def null_text_optimization(
         cond: the source prompts' embeddings [N, 77, d].
         uncond: the empty prompt's embedding [1, 77, d], the start at step 0.
         counts: optional dict whose "unet_forward" and "unet_backward" entries are incremented.
+        on_step: called after each DDIM step's optimization with (steps done, num_steps); it may
+            raise to stop the optimization between steps (cooperative cancellation).
 
     Returns:
         (null_embeddings [T, N, 77, d] in float32 (float64 if the model is), stats) where stats
@@ -106,6 +111,8 @@ def null_text_optimization(
         results[i] = torch.cat(embeddings).cpu()
         bar.set_postfix(step=i, loss=f"{max(losses[i]):.2e}")
         bar.update()
+        if on_step is not None:
+            on_step(i + 1, num_steps)
     bar.close()
     final = trajectory[0].to(z.device, work)
     latent_error = F.mse_loss(z.to(work), final, reduction="none").flatten(1).mean(1).tolist()

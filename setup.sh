@@ -35,6 +35,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# a browser for the web app's test (Playwright drives the system's Chromium; nothing is downloaded
+# at test time): Debian's package where apt-get and root (or sudo) are there, else say what to install
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && [ -z "${PROMPTEDIT_CHROMIUM:-}" ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "setup.sh: installing Chromium for the browser test (apt-get install chromium)"
+    $sudo apt-get update -qq >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || echo "setup.sh: apt-get could not install chromium: the browser test will skip (CI=true: fail)"
+  else
+    echo "setup.sh: no Chromium, so the browser test will skip. Install Chromium or Chrome (Debian/Ubuntu:" \
+         "sudo apt-get install chromium; macOS: brew install --cask chromium) and, if it is not on PATH as" \
+         "chromium, set PROMPTEDIT_CHROMIUM=/path/to/it"
+  fi
+fi
+
 # the quickstart edit: the bundled photo, the tiny offline model, pictures in outputs/quickstart
 "$VPY" -m pipelines.edit_real assets/chelsea.png \
   --src "a cat sitting on a wooden floor" --tgt "a dog sitting on a wooden floor" \

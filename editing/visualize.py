@@ -42,9 +42,9 @@ def heatmap(attention: np.ndarray, background: Image.Image, size: int) -> Image.
     return Image.fromarray(np.uint8(0.5 * base + 0.5 * colour))
 
 
-def attention_pictures(result, prompt_index: int = 0, size: int = 128) -> Image.Image:
-    """A picture of prompt ``prompt_index``'s averaged cross-attention map for each of its tokens
-    (start and end tokens included), each over that prompt's image and captioned with the token.
+def attention_maps(result, prompt_index: int = 0, size: int = 128) -> list[tuple[str, Image.Image]]:
+    """(token, picture) for each token of prompt ``prompt_index`` (start and end tokens included):
+    the token's averaged cross-attention map over that prompt's image, uncaptioned.
 
     ``result`` is an ``EditResult`` made with ``return_attention=True``.
     """
@@ -52,5 +52,14 @@ def attention_pictures(result, prompt_index: int = 0, size: int = 128) -> Image.
         raise ValueError("this result has no attention maps: call edit(..., return_attention=True)")
     maps = result.attention[prompt_index].float().cpu().numpy()  # [s, s, 77]
     tokens = result.tokens[prompt_index]
-    tiles = [captioned(heatmap(maps[:, :, j], result.images[prompt_index], size), token) for j, token in enumerate(tokens)]
+    return [(token, heatmap(maps[:, :, j], result.images[prompt_index], size)) for j, token in enumerate(tokens)]
+
+
+def attention_pictures(result, prompt_index: int = 0, size: int = 128) -> Image.Image:
+    """A picture of prompt ``prompt_index``'s averaged cross-attention map for each of its tokens
+    (start and end tokens included), each over that prompt's image and captioned with the token.
+
+    ``result`` is an ``EditResult`` made with ``return_attention=True``.
+    """
+    tiles = [captioned(picture, token) for token, picture in attention_maps(result, prompt_index, size)]
     return grid(tiles, columns=min(len(tiles), 8))

@@ -80,8 +80,8 @@ class TrainConfig:
     """What a training run does. Two runs with the same config produce the same weights."""
 
     seed: int = 0
-    vae_steps: int = 600
-    unet_steps: int = 4000
+    vae_steps: int = 900
+    unet_steps: int = 6000
     batch_size: int = 32
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4

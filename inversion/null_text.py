@@ -3,6 +3,15 @@ guided DDIM sampling from z_T retraces the DDIM-inversion trajectory.
 
 Several photos are optimized together in one UNet batch; each keeps its own embedding, its own
 Adam state and its own early stop.
+
+The model's weights are frozen for the call (``models.frozen.with_frozen_weights``): the backward
+pass then computes gradients for the embeddings only, and every ``requires_grad`` flag is put back
+afterwards, also when the optimization raises. Measured against ``torch.autograd.grad`` with the
+embeddings as the only inputs (weights left trainable), which also skips the weight gradients:
+the same time on the tiny model (50 × 10: 66–85 s frozen, 79–83 s autograd.grad, 108–123 s with
+trainable weights and ``backward``, on a contended CPU), but on SD 1.5's UNet at 512 px one inner
+step peaked at 1.74 GB frozen against 2.05 GB with autograd.grad (4.69 GB with ``backward``):
+with trainable weights the forward pass also saves every layer's input for the weight gradient.
 """
 
 from __future__ import annotations
@@ -14,12 +23,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from inversion.ddim import ddim_prev, predicted_noise
+from models.frozen import with_frozen_weights
 
 
 class InversionError(RuntimeError):
     """The inversion could not be completed; the message says what to change."""
 
 
+@with_frozen_weights
 def null_text_optimization(
     pipe,
     trajectory: torch.Tensor,
@@ -34,6 +45,9 @@ def null_text_optimization(
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Optimize the per-step null embeddings.
+
+    The pipeline's weights are frozen during the call and no gradient reaches them or the
+    tensors passed in; the embeddings are the only thing optimized.
 
     Args:
         trajectory: DDIM-inversion latents [T+1, N, 4, h, w] (z_0 … z_T).
@@ -59,6 +73,7 @@ def null_text_optimization(
     unet, dtype = pipe.unet, pipe.unet.dtype
     work = torch.promote_types(dtype, torch.float32)  # embeddings and loss never in fp16/bf16
     n = trajectory.shape[1]
+    trajectory, cond, uncond = trajectory.detach(), cond.detach(), uncond.detach()  # gradients for the embeddings only
     cond = cond.to(pipe.device, dtype)
     embeddings = [uncond.to(pipe.device, work).clone() for _ in range(n)]
     z = trajectory[-1].to(pipe.device, dtype)

@@ -1,9 +1,12 @@
 """Speed and memory figures, each against a baseline measured in the same run.
 
-    python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--json]
-    python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 2] [--inner-steps N] [--json]
+    python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 3] [--repeats 9] [--json]
+    python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 1] [--inner-steps N] [--json]
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
     python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
+
+Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
+On a CPU that other work shares, add --threads 1 (see bench/measure.py).
 
 """
 
@@ -13,7 +16,7 @@ import argparse
 import json
 import os
 
-from bench.measure import print_rows
+from bench.measure import print_rows, print_tables
 from bench.p2p import bench_p2p
 from models.loading import pick_device, pick_dtype
 
@@ -30,10 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
-    parser.add_argument("--sd15-steps", type=int, default=2, help="steps on sd15 (a CPU fits 1–3)")
+    parser.add_argument("--sd15-steps", type=int, default=None,
+                        help="steps on sd15 (default 3 for p2p, the fewest with self-attention injection; 1 for inversion)")
     parser.add_argument("--inner-steps", type=int, default=None,
                         help="null-text Adam steps per DDIM step (default 10 on tiny, 2 on sd15)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement on tiny (median taken)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved runs per measurement on tiny (default 9 for p2p, 3 for inversion)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="fp32 (CPU default), fp16 (CUDA default), bf16")
     parser.add_argument("--json", action="store_true", help="print one JSON object {rows: [...]}")
@@ -41,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
-    rows = []
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows, costs = [], []
     if args.what == "shapes":
         from bench.shapes import bench_shapes_gate, print_gate
 
@@ -57,18 +67,24 @@ def main(argv: list[str] | None = None) -> None:
         print_rows(bench_dataset(args.jobs, steps, args.inner_steps or 5), args.json)
         return
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        steps = args.steps if model == "tiny" else args.sd15_steps
-        repeats = args.repeats if model == "tiny" else 1
+        sd15_steps = args.sd15_steps or (3 if args.what == "p2p" else 1)
+        steps = args.steps if model == "tiny" else sd15_steps
+        repeats = (args.repeats or (9 if args.what == "p2p" else 3)) if model == "tiny" else 1
         if args.what == "p2p":
             rows.append(bench_p2p(model, steps, repeats, device, dtype))
         else:
             from bench.inversion import bench_inversion
 
             inner = args.inner_steps if args.inner_steps is not None else (10 if model == "tiny" else 2)
-            rows.extend(bench_inversion(model, steps, device, dtype, inner))
+            methods, cost = bench_inversion(model, steps, device, dtype, inner, repeats)
+            rows.extend(methods)
+            costs.append(cost)
         if not args.json:
             print(f"[done] {model}", flush=True)
-    print_rows(rows, args.json)
+    if args.what == "inversion":
+        print_tables({"rows": rows, "null_text": costs}, args.json)
+    else:
+        print_rows(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,181 @@
-"""Inversion figures: seconds, UNet forward/backward counts, peak memory and reconstruction error
-per method, with plain DDIM inversion as the same-run baseline (``python -m bench inversion``)."""
+"""Inversion figures (``python -m bench inversion``), each method run stage by stage: seconds,
+UNet forward/backward counts, peak memory of a DDIM-inversion step and of a null-text step, and
+reconstruction error. Baselines measured in the same run: plain DDIM inversion for the methods,
+and for null-text the same optimization with the weights left trainable (``backward`` then
+computes, and keeps, a gradient for every weight: the behaviour before ``models.frozen``).
+"""
 
 from __future__ import annotations
 
+import statistics
+import time
+from dataclasses import dataclass, field
+
 import torch
 
-from bench.measure import load_bench_model, measure
-from inversion import METHODS, invert, reconstruct_latent
+from bench.measure import Measure, load_bench_model, measure, spread, spread_text
+from data.images import load_image
+from inversion import Inversion, reconstruct_latent
+from inversion.ddim import ddim_inversion
+from inversion.negative_prompt import negative_prompt_embeddings
+from inversion.null_text import null_text_optimization
+from models.codec import encode_image, encode_text
+from models.frozen import pipeline_modules
+from models.loading import image_size
 
 PHOTO = "assets/chelsea.png"
 PROMPT = "a cat sitting on a wooden floor"
+GUIDANCE = 7.5
 
 
-def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.dtype, inner_steps: int = 10) -> list[dict]:
-    """One row per method on ``model``: the inversion alone is timed; the error is the MSE between
-    the reconstructed latent (guided sampling from x_T, w = 7.5) and the photo's latent."""
+@dataclass
+class Run:
+    """One inversion, stage by stage."""
+
+    trajectory: torch.Tensor
+    nulls: torch.Tensor | None
+    ddim: Measure
+    optimization: Measure = field(default_factory=Measure)
+    forward: int = 0
+    backward: int = 0
+    weight_grads_mb: float = 0.0
+    inner_per_forward: float = float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return self.ddim.seconds + self.optimization.seconds
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.ddim.cpu_seconds + self.optimization.cpu_seconds
+
+
+class CallTimer:
+    """Times the UNet calls of a null-text optimization through forward hooks.
+
+    A call under autograd starts an inner step, which lasts until the next UNet call begins
+    (forward, loss, backward, Adam); a call without autograd (ε_c, the advance) is a plain forward
+    at the same batch. Medians of the two, taken from calls interleaved in one run, are robust
+    to bursts of load from other work on the machine.
+    """
+
+    def __init__(self, unet):
+        self.calls: list[tuple[float, float, bool]] = []  # start, end of forward, autograd on
+        self._handles = [unet.register_forward_pre_hook(self._start), unet.register_forward_hook(self._end)]
+
+    def _start(self, *_) -> None:
+        self.calls.append((time.perf_counter(), float("nan"), torch.is_grad_enabled()))
+
+    def _end(self, *_) -> None:
+        start, _, grad = self.calls[-1]
+        self.calls[-1] = (start, time.perf_counter(), grad)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def inner_per_forward(self) -> float:
+        """Median seconds per inner step ÷ median seconds per forward call without autograd."""
+        inner = [b[0] - a[0] for a, b in zip(self.calls, self.calls[1:]) if a[2]]
+        plain = [end - start for start, end, grad in self.calls if not grad]
+        return statistics.median(inner) / statistics.median(plain) if inner and plain else float("nan")
+
+
+def _drop_weight_grads(pipe) -> float:
+    """Remove every ``.grad`` from the pipeline's weights; returns their size in MB."""
+    size = 0
+    for module in pipeline_modules(pipe):
+        for p in module.parameters():
+            if p.grad is not None:
+                size += p.grad.numel() * p.grad.element_size()
+                p.grad = None
+    return size / 2**20
+
+
+def _invert(pipe, inputs, method: str, steps: int, inner_steps: int, device, trainable: bool = False) -> Run:
+    latent, cond, uncond = inputs
+    with measure(device) as ddim:
+        trajectory = ddim_inversion(pipe, latent, cond, steps)
+    run = Run(trajectory, None, ddim, forward=steps)
+    if method == "negative-prompt":
+        run.nulls = negative_prompt_embeddings(cond, steps)
+    elif method == "null-text":
+        optimize = null_text_optimization.__wrapped__ if trainable else null_text_optimization
+        counts = {"unet_forward": 0, "unet_backward": 0}
+        timer = CallTimer(pipe.unet)
+        try:
+            with measure(device) as run.optimization:
+                run.nulls, _ = optimize(pipe, trajectory, cond, uncond, steps, GUIDANCE, inner_steps, counts=counts)
+        finally:
+            timer.close()
+        run.inner_per_forward = timer.inner_per_forward()
+        run.forward += counts["unet_forward"]
+        run.backward = counts["unet_backward"]
+    run.weight_grads_mb = _drop_weight_grads(pipe)
+    return run
+
+
+def _latent_mse(pipe, run: Run, method: str, steps: int) -> float:
+    """MSE between the guided (w = 7.5) reconstruction from x_T and the photo's latent."""
+    inv = Inversion(run.trajectory.cpu(), None if run.nulls is None else run.nulls.cpu(), PROMPT, method, steps, GUIDANCE)
+    return (reconstruct_latent(pipe, inv).float().cpu() - inv.z_0.float()).pow(2).mean().item()
+
+
+def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.dtype, inner_steps: int = 10,
+                    repeats: int = 1) -> tuple[list[dict], dict]:
+    """Every method on ``model``, plus null-text with trainable weights as its baseline.
+
+    Null-text frozen and trainable run ``repeats`` times, interleaved (the order alternates), and
+    their ratio is taken per pair. Returns (one row per method, the null-text cost row).
+    """
     pipe = load_bench_model(model, device, dtype)
-    invert(pipe, PHOTO, PROMPT, method="ddim", num_steps=1, progress=False)  # warm-up
+    inputs = (encode_image(pipe, load_image(PHOTO, size=image_size(pipe))), encode_text(pipe, [PROMPT]),
+              encode_text(pipe, [""]))
+    ddim_inversion(pipe, inputs[0], inputs[1], 1)  # warm-up: first calls pay one-time allocation costs
+    if repeats > 1:  # and the first backward; a single run (SD 1.5) saves the time: frozen goes first, paying it
+        _invert(pipe, inputs, "null-text", 1, 1, device)
+    runs = {m: [_invert(pipe, inputs, m, steps, inner_steps, device)] for m in ("ddim", "negative-prompt")}
+    runs["null-text"], runs["trainable"] = [], []
+    for k in range(repeats):
+        for trainable in ((False, True) if k % 2 == 0 else (True, False)):
+            run = _invert(pipe, inputs, "null-text", steps, inner_steps, device, trainable)
+            runs["trainable" if trainable else "null-text"].append(run)
+    frozen, trainable = runs["null-text"], runs["trainable"]
+    ratios = [f.seconds / t.seconds for f, t in zip(frozen, trainable)]
+    cpu_ratios = [f.cpu_seconds / t.cpu_seconds for f, t in zip(frozen, trainable)]
     rows = []
-    for method in METHODS[::-1]:  # ddim first: the baseline
-        with measure(device) as m:
-            inv = invert(pipe, PHOTO, PROMPT, method=method, num_steps=steps, num_inner_steps=inner_steps, progress=False)
-        error = (reconstruct_latent(pipe, inv).float().cpu() - inv.z_0.float()).pow(2).mean().item()
+    for name, method in (("ddim", "ddim"), ("negative-prompt", "negative-prompt"), ("null-text", "null-text"),
+                         ("trainable", "null-text")):
+        done = runs[name]
         rows.append({
             "model": model,
-            "method": method,
+            "method": method if name != "trainable" else "null-text, trainable weights (baseline)",
             "steps": steps,
             "inner_steps": inner_steps if method == "null-text" else 0,
-            "seconds": round(m.seconds, 3),
-            "seconds_per_step": round(m.seconds / steps, 3),
-            "unet_forward": inv.stats["unet_forward"],
-            "unet_backward": inv.stats["unet_backward"],
-            "peak_mb": round(m.peak_mb, 1),
-            "latent_mse": float(f"{error:.4g}"),
+            "seconds": spread_text([r.seconds for r in done]),
+            "unet_forward": done[0].forward,
+            "unet_backward": done[0].backward,
+            "peak_mb_ddim_step": round(max(r.ddim.peak_mb for r in done), 1),
+            "peak_mb_null_text_step": round(max(r.optimization.peak_mb for r in done), 1) if method == "null-text" else "",
+            "latent_mse": float(f"{_latent_mse(pipe, done[0], method, steps):.4g}") if name != "trainable" else "",
         })
-    base = rows[0]["seconds"]
-    for row in rows:
-        row["ratio_to_ddim"] = round(row["seconds"] / base, 2)
-    return rows
+    grads_mb = max(r.weight_grads_mb for r in trainable)
+    saved_mb = max(r.optimization.peak_mb for r in trainable) - max(r.optimization.peak_mb for r in frozen)
+    cost = {
+        "model": model,
+        "steps": steps,
+        "inner_steps": inner_steps,
+        "repeats": repeats,
+        "seconds_per_forward": round(statistics.median(r.ddim.seconds / steps for r in frozen), 4),
+        "inner_step_per_forward": spread_text([r.inner_per_forward for r in frozen], 2),
+        "inner_step_per_forward_baseline": spread_text([r.inner_per_forward for r in trainable], 2),
+        "ratio_to_baseline": spread_text(ratios),
+        "ratio_to_baseline_cpu": spread_text(cpu_ratios),
+        "weight_grads_mb_baseline": round(grads_mb, 1),
+        "peak_mb_saved": round(saved_mb, 1),
+        "nulls_max_diff": float(f"{max((f.nulls - t.nulls).abs().max().item() for f, t in zip(frozen, trainable)):.3g}"),
+        # targets: the tiny inversion at most 0.75× the baseline (median CPU-time ratio, the one a
+        # shared machine leaves stable); on SD 1.5 a peak lower by at least the weight gradients
+        "target_met": (spread(cpu_ratios)["median"] <= 0.75) if model == "tiny" else (saved_mb >= grads_mb),
+    }
+    return rows, cost

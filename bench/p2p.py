@@ -1,42 +1,63 @@
-"""Prompt-to-Prompt's cost: ``edit`` (a word swap) against diffusers' own pipeline on the same prompts."""
+"""Prompt-to-Prompt's cost: ``edit`` (a word swap) against diffusers' own pipeline on the same prompts.
+
+The two run in interleaved pairs (the order alternates, so neither always runs on a warm cache or
+a quiet moment), and the ratio is taken within each pair: slow drifts of a shared machine's load
+then cancel instead of landing on one side.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from bench.measure import load_bench_model, measure, median_measure
+from bench.measure import load_bench_model, measure, median_measure, spread
 
 
 def bench_p2p(model: str, steps: int, repeats: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Time ``edit`` (two prompts, default word swap) against diffusers' pipeline on the same prompts."""
+    """Time ``edit`` (two prompts, default word swap) against diffusers' pipeline on the same prompts.
+
+    Returns one row: median seconds of each, and the per-pair ratio's median, min and max, of
+    wall time and of CPU time (the stable one on a shared machine; see ``bench.measure``).
+    """
     from editing import EditSpec, edit
 
+    if int(0.4 * steps) < 1:  # the default self_replace_steps 0.4: injection in steps [0, int(0.4·T))
+        raise SystemExit(f"p2p needs at least 3 steps ({steps} given): with fewer, self-attention injection "
+                         "never runs and the ratio leaves out part of the edit's cost")
     pipe = load_bench_model(model, device, dtype)
     side = pipe.unet.config.sample_size
     latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
     prompts = ["a cat sitting on a bench", "a dog sitting on a bench"]
     spec = EditSpec(prompts)
 
-    def plain() -> None:
-        pipe(prompts, latents=latents.to(device, dtype).expand(2, -1, -1, -1), num_inference_steps=steps, guidance_scale=7.5)
+    def plain(n: int = steps) -> None:
+        pipe(prompts, latents=latents.to(device, dtype).expand(2, -1, -1, -1), num_inference_steps=n, guidance_scale=7.5)
 
-    def edited() -> None:
-        edit(pipe, spec, latents=latents, num_steps=steps)
+    def edited(n: int = steps) -> None:
+        edit(pipe, spec, latents=latents, num_steps=n)
 
-    plain()  # warm-up: first calls pay one-time allocation costs
+    plain(1), edited(1)  # warm-up: first calls pay one-time allocation costs
     runs_plain, runs_edit = [], []
-    for _ in range(repeats):
-        for fn, runs in ((plain, runs_plain), (edited, runs_edit)):
+    for k in range(repeats):
+        pair = ((plain, runs_plain), (edited, runs_edit))
+        for fn, runs in pair if k % 2 == 0 else pair[::-1]:
             with measure(device) as m:
                 fn()
             runs.append(m)
     p, e = median_measure(runs_plain), median_measure(runs_edit)
+    ratio = spread([a.seconds / b.seconds for a, b in zip(runs_edit, runs_plain)])
+    ratio_cpu = spread([a.cpu_seconds / b.cpu_seconds for a, b in zip(runs_edit, runs_plain)])
     return {
         "model": model,
         "steps": steps,
         "seconds_edit": round(e.seconds, 3),
         "seconds_plain": round(p.seconds, 3),
-        "ratio": round(e.seconds / p.seconds, 3),
+        "repeats": repeats,
+        "ratio": ratio["median"],
+        "ratio_min": ratio["min"],
+        "ratio_max": ratio["max"],
+        "ratio_cpu": ratio_cpu["median"],
+        "ratio_cpu_min": ratio_cpu["min"],
+        "ratio_cpu_max": ratio_cpu["max"],
         "peak_mb_edit": round(e.peak_mb, 1),
         "peak_mb_plain": round(p.peak_mb, 1),
     }

@@ -1,0 +1,39 @@
+"""The benchmark plumbing on the tiny model: what it measures, and the baselines it keeps."""
+
+import pytest
+import torch
+
+from bench.inversion import bench_inversion
+from bench.measure import measure, spread, spread_text
+from bench.p2p import bench_p2p
+
+CPU = torch.device("cpu")
+
+
+def test_measure_sees_a_short_peak_and_cpu_time():
+    with measure(CPU) as m:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        block.add_(1)
+        del block
+    assert m.peak_mb > 48
+    assert m.seconds > 0 and m.cpu_seconds > 0
+
+
+def test_spread():
+    assert spread([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert spread_text([1.0, 3.0, 2.0]) == "2.0 (1.0–3.0)" and spread_text([1.5]) == "1.5"
+
+
+def test_inversion_keeps_the_trainable_baseline():
+    rows, cost = bench_inversion("tiny", 2, CPU, torch.float32, inner_steps=2, repeats=2)
+    assert [r["method"] for r in rows] == ["ddim", "negative-prompt", "null-text",
+                                           "null-text, trainable weights (baseline)"]
+    assert rows[2]["unet_backward"] == rows[3]["unet_backward"] > 0
+    assert cost["nulls_max_diff"] == 0.0  # frozen or not, the same embeddings
+    assert cost["weight_grads_mb_baseline"] > 1  # the baseline really computed weight gradients
+    assert cost["repeats"] == 2 and "(" in cost["ratio_to_baseline"]
+
+
+def test_p2p_refuses_too_few_steps_for_self_attention_injection():
+    with pytest.raises(SystemExit, match="at least 3 steps"):
+        bench_p2p("tiny", 2, 1, CPU, torch.float32)

@@ -6,12 +6,14 @@ Adam state and its own early stop.
 
 The model's weights are frozen for the call (``models.frozen.with_frozen_weights``): the backward
 pass then computes gradients for the embeddings only, and every ``requires_grad`` flag is put back
-afterwards, also when the optimization raises. Measured against ``torch.autograd.grad`` with the
-embeddings as the only inputs (weights left trainable), which also skips the weight gradients:
-the same time on the tiny model (50 × 10: 66–85 s frozen, 79–83 s autograd.grad, 108–123 s with
-trainable weights and ``backward``, on a contended CPU), but on SD 1.5's UNet at 512 px one inner
-step peaked at 1.74 GB frozen against 2.05 GB with autograd.grad (4.69 GB with ``backward``):
-with trainable weights the forward pass also saves every layer's input for the weight gradient.
+afterwards, also when the optimization raises. The alternative, ``torch.autograd.grad`` with the
+embeddings as the only inputs and the weights left trainable, also skips the weight gradients and
+took the same time (tiny model, 50 × 10, three interleaved runs on a busy CPU: 66–85 s frozen,
+79–83 s autograd.grad, 108–123 s trainable with ``backward``), but it keeps more memory: on SD
+1.5's UNet at 512 px a one-inner-step optimization peaked 1741 MiB above its start frozen, 2049
+MiB with autograd.grad and 4690 MiB with ``backward``, because a forward pass through trainable
+weights also saves each layer's input for the weight gradient. Both gave the same embeddings, bit
+for bit.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Reading a user's photo into the square RGB image the model sees."""
+"""Reading a user's photo into the RGB image the model sees: at the photo's own aspect ratio
+(``fit_size``) or cut to an exact size."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Union
@@ -15,11 +17,43 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 8192 * 8192
 
 Crop = Union[str, tuple[int, int, int, int]]
+# What a caller asks for: "auto" (the photo's ratio at the model's area), a square side, or (W, H).
+SizeRequest = Union[str, int, tuple[int, int]]
+# How far a working size's area may stray from the model's native area under "auto".
+AREA_TOLERANCE = 1.5
 log = logging.getLogger(__name__)
 
 
 class ImageInputError(ValueError):
     """A photo could not be used; the message names the file, the problem and the fix."""
+
+
+class SizeError(ValueError):
+    """A requested working size cannot be used; the message says which would."""
+
+
+MAX_SIDE = 8192
+
+
+def parse_size(value, what: str = "--size") -> SizeRequest:
+    """A size request from the command line or a manifest: "auto", a side N ("512", 512) or
+    "W,H" / [W, H] (whole pixels, 8…8192). Whether the model can use it is ``resolve_size``'s
+    to say. Raises SizeError naming ``what``."""
+    text = value if isinstance(value, str) else None
+    if text is not None and text.strip().lower() == "auto":
+        return "auto"
+    if text is not None:
+        parts = text.replace("x", ",").replace("×", ",").split(",")
+        try:
+            value = [int(p) for p in parts] if len(parts) > 1 else int(parts[0])
+        except ValueError:
+            value = None
+    sides = value if isinstance(value, (list, tuple)) else [value]
+    if len(sides) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_SIDE for v in sides):
+        raise SizeError(f"{what} {value if text is None else text!r}: write auto (the photo's own aspect ratio), "
+                        f"a side such as 512 (a centre-cropped square), or WIDTH,HEIGHT such as 576,384 "
+                        f"(whole pixels, 8…{MAX_SIDE})")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
@@ -86,9 +120,8 @@ def _parse_crop(crop: Crop) -> tuple[int, int, int, int]:
     return tuple(int(c) for c in crop)  # type: ignore[return-value]
 
 
-def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.Image:
-    """Cut ``crop``'s offsets (left, right, top, bottom) off the borders, centre-crop to a square
-    and resize to ``size``×``size`` (bicubic), as the reference implementation's ``load_512`` does."""
+def cut_offsets(image: Image.Image, crop: Crop = "center") -> Image.Image:
+    """Cut ``crop``'s offsets (left, right, top, bottom) off the borders ("center": nothing)."""
     left, right, top, bottom = _parse_crop(crop)
     width, height = image.size
     if left + right >= width or top + bottom >= height:
@@ -96,34 +129,115 @@ def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.I
             f"crop offsets (left={left}, right={right}, top={top}, bottom={bottom}) leave nothing of a "
             f"{width}×{height} image. Use smaller offsets."
         )
-    image = image.crop((left, top, width - right, height - bottom))
-    width, height = image.size
-    side = min(width, height)
-    x0, y0 = (width - side) // 2, (height - side) // 2
-    image = image.crop((x0, y0, x0 + side, y0 + side))
+    return image.crop((left, top, width - right, height - bottom))
+
+
+def crop_to_ratio(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The largest centred region of ``image`` with the aspect ratio ``width``:``height``."""
+    w, h = image.size
+    if w * height > h * width:  # too wide: trim the sides
+        keep = max(1, round(h * width / height))
+        x0 = (w - keep) // 2
+        return image.crop((x0, 0, x0 + keep, h))
+    keep = max(1, round(w * height / width))
+    y0 = (h - keep) // 2
+    return image.crop((0, y0, w, y0 + keep))
+
+
+def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.Image:
+    """Cut ``crop``'s offsets (left, right, top, bottom) off the borders, centre-crop to a square
+    and resize to ``size``×``size`` (bicubic), as the reference implementation's ``load_512`` does."""
+    image = crop_to_ratio(cut_offsets(image, crop), 1, 1)
     return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def fit_size(width: int, height: int, area: int, step: int, tolerance: float = AREA_TOLERANCE) -> tuple[int, int]:
+    """The working size (W, H) for a ``width``×``height`` photo: both sides multiples of ``step``,
+    the area within a factor ``tolerance`` of ``area`` (the model's native area, 512² for SD 1.x),
+    and among those the aspect ratio closest to the photo's (ties: the area closest to ``area``).
+
+    A 3:2 photo at 512² with step 64 gets 576×384; a square one 512×512. When no size is within
+    the tolerance (a very long panorama), the closest area wins.
+    """
+    if width < 1 or height < 1 or area < 1 or step < 1:
+        raise ValueError(f"fit_size needs positive numbers, got {width}×{height}, area {area}, step {step}")
+    ratio = math.log(width / height)
+    best: tuple[tuple[float, float], tuple[int, int]] | None = None
+    most = max(1, math.isqrt(area * 16) // step)  # sides up to 4× the native side
+    for kw in range(1, most + 1):
+        for kh in range(1, most + 1):
+            w, h = kw * step, kh * step
+            off_area = abs(math.log(w * h / area))
+            if off_area > math.log(tolerance) + 1e-12:
+                continue
+            score = (round(abs(math.log(w / h) - ratio), 12), off_area)
+            if best is None or score < best[0]:
+                best = (score, (w, h))
+    if best is None:  # nothing near the area: one row or column of steps, as close as it gets
+        side = max(1, round(math.sqrt(area) / step)) * step
+        return (side, step) if width >= height else (step, side)
+    return best[1]
+
+
+def resolve_size(request: SizeRequest, width: int, height: int, native: int, step: int) -> tuple[int, int]:
+    """The working size (W, H) for a photo of ``width``×``height``.
+
+    Args:
+        request: "auto" (the photo's ratio at the model's ``native``² area, ``fit_size``), a side N
+            (N×N) or (W, H).
+        native: the model's native side in pixels; step: what its sides must be multiples of.
+
+    Raises:
+        SizeError: an explicit size that is not a multiple of ``step``; the message gives the nearest.
+    """
+    if request == "auto":
+        return fit_size(width, height, native * native, step)
+    w, h = (request, request) if isinstance(request, int) else tuple(request)
+    for side, name in ((w, "width"), (h, "height")):
+        if side < step or side % step:
+            near = max(step, round(side / step) * step)
+            raise SizeError(f"a {name} of {side} px is not a multiple of {step}, which this model needs: use {near} "
+                            "(or --size auto)")
+    return int(w), int(h)
 
 
 def load_image(
     path: str | Path | Image.Image,
-    size: int = 512,
+    size: int | tuple[int, int] = 512,
     crop: Crop = "center",
     max_pixels: int = MAX_PIXELS,
+    keep_ratio: bool = False,
 ) -> Image.Image:
-    """Read a photo into a ``size``×``size`` RGB image.
+    """Read a photo into an RGB image of the working size.
 
     Args:
         path: a file path, or an already opened PIL image.
-        size: side of the square output in pixels (the model's native size).
-        crop: "center", or offsets (left, right, top, bottom) cut off before the centre crop.
+        size: a side N (an N×N image, the reference's square) or (W, H).
+        crop: "center", or offsets (left, right, top, bottom) cut off first.
         max_pixels: refuse images with more pixels than this before decoding them.
+        keep_ratio: resize the whole photo to ``size`` without cropping (for a size ``fit_size``
+            chose, whose ratio is the photo's to within a step); otherwise the largest centred
+            region with the size's ratio is cut out first.
 
     Returns:
-        An RGB PIL image of size×size, EXIF orientation applied.
+        An RGB PIL image of W×H, EXIF orientation applied.
 
     Raises:
         ImageInputError: a missing path, a folder, an empty, truncated or non-image file, or an
             image over the pixel cap; the message names the file and the problem.
+    """
+    rgb = load_photo(path, crop, max_pixels)
+    width, height = (size, size) if isinstance(size, int) else size
+    if not keep_ratio:
+        rgb = crop_to_ratio(rgb, width, height)
+    return rgb.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def load_photo(path: str | Path | Image.Image, crop: Crop = "center", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read a photo as RGB at its own size: EXIF orientation applied, ``crop``'s offsets cut off.
+
+    Raises:
+        ImageInputError: as ``load_image``.
     """
     if isinstance(path, Image.Image):
         image = path
@@ -137,7 +251,7 @@ def load_image(
         rgb = to_rgb(image)
     except Exception as exc:
         raise ImageInputError(f"{path}: cannot convert {image.mode} pixels to RGB ({exc}).") from None
-    return square_crop(rgb, size, crop)
+    return cut_offsets(rgb, crop)
 
 
 def image_hash(image: Image.Image) -> str:

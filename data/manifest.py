@@ -4,7 +4,7 @@ A JSONL line: ``{"id": "cat1", "image": "photos/cat.jpg", "src": "...", "tgt": "
 ...options}``; relative image paths are resolved against the manifest's folder. Any other key is
 a per-job edit option overriding the command line (``steps``, ``guidance``, ``mode``,
 ``cross_replace``, ``self_replace``, ``reweight``, ``blend``, ``inversion``, ``inner_steps``,
-``crop``, ``blend_threshold``).
+``crop``, ``size``, ``blend_threshold``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.images import SizeError, parse_size
 from data.numbers import check_number, limited
 from data.pie_bench import ManifestError, load_mapping
 
 OPTION_KEYS = {"steps", "guidance", "mode", "cross_replace", "self_replace", "reweight", "blend", "inversion",
-               "inner_steps", "crop", "blend_threshold"}
+               "inner_steps", "crop", "size", "blend_threshold"}
 # P2P settings of PIE-Bench's published runs (run_editing_p2p.py)
 PIE_BENCH_OPTIONS = {"cross_replace": 0.4, "self_replace": 0.6, "steps": 50, "guidance": 7.5}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -73,6 +74,11 @@ def check_options(options: dict, where: str) -> None:
             raise ManifestError(f"{where}: crop must be \"center\" or four pixel offsets [left, right, top, bottom]")
         for offset in crop:
             check_number(offset, f"{where}: crop offset", low=0, integer=True, error=ManifestError)
+    if "size" in options:
+        try:
+            parse_size(options["size"], f"{where}: size")
+        except SizeError as exc:
+            raise ManifestError(str(exc)) from None
 
 
 def read_jsonl(path: str | Path) -> list[EditJob]:

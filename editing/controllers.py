@@ -84,10 +84,13 @@ class AttentionStore:
 
     Layers with at most ``max_pixels`` pixels are kept (32² at 512 px, as the reference).
     ``sums[name]`` is [B, pixels, 77] (float32), ``heads[name]`` the head count, ``places[name]``
-    the layer's place; ``steps`` counts finished steps.
+    the layer's place; ``steps`` counts finished steps. ``latent_hw`` is the latent's (h, w), from
+    which each layer's map shape follows (a layer downsampled f times is (h/f, w/f)); None means
+    square maps.
     """
 
     max_pixels: int = 32 * 32
+    latent_hw: tuple[int, int] | None = None
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     heads: dict[str, int] = field(default_factory=dict)
     places: dict[str, str] = field(default_factory=dict)
@@ -106,27 +109,38 @@ class AttentionStore:
             self.heads[layer.name] = maps.shape[1]
             self.places[layer.name] = layer.place
 
-    def resolutions(self, places: tuple[str, ...] = ("down", "up")) -> list[int]:
-        """Sides of the stored square maps in the given places, smallest first."""
-        sides = {int(round(s.shape[1] ** 0.5)) for n, s in self.sums.items() if self.places[n] in places}
-        return sorted(sides)
+    def map_shape(self, pixels: int) -> tuple[int, int]:
+        """(rows, columns) of a layer's map with ``pixels`` pixels."""
+        if self.latent_hw is None:
+            side = int(round(pixels**0.5))
+            return side, side
+        h, w = self.latent_hw
+        factor = max(1, int(round((h * w / pixels) ** 0.5)))
+        return h // factor, w // factor
 
-    def mean_map(self, side: int, places: tuple[str, ...] = ("down", "up")) -> torch.Tensor:
-        """Sum over steps of the head-and-layer average of the maps of side ``side``.
+    def shapes(self, places: tuple[str, ...] = ("down", "up")) -> list[tuple[int, int]]:
+        """(rows, columns) of the stored maps in the given places, smallest first."""
+        pixels = {s.shape[1] for n, s in self.sums.items() if self.places[n] in places}
+        return [self.map_shape(p) for p in sorted(pixels)]
 
-        Returns [B, side, side, L]; divide by ``steps`` for the average over steps.
+    def mean_map(self, shape: int | tuple[int, int], places: tuple[str, ...] = ("down", "up")) -> torch.Tensor:
+        """Sum over steps of the head-and-layer average of the maps of ``shape`` (rows, columns),
+        or of side ``shape`` when it is one number.
+
+        Returns [B, rows, columns, L]; divide by ``steps`` for the average over steps.
         """
-        names = [n for n, s in self.sums.items() if self.places[n] in places and s.shape[1] == side * side]
+        rows, cols = (shape, shape) if isinstance(shape, int) else shape
+        names = [n for n, s in self.sums.items() if self.places[n] in places and s.shape[1] == rows * cols]
         if not names:
-            raise ValueError(f"no cross-attention maps of side {side} were stored (have {self.resolutions(places)})")
+            raise ValueError(f"no cross-attention maps of {rows}×{cols} were stored (have {self.shapes(places)})")
         total = sum(self.sums[n] for n in names) / sum(self.heads[n] for n in names)
-        return total.reshape(total.shape[0], side, side, total.shape[-1])
+        return total.reshape(total.shape[0], rows, cols, total.shape[-1])
 
 
-def default_blend_side(latent_side: int, available: list[int]) -> int:
-    """The map side local blend reads: a quarter of the latent side (16 at 512 px) where the
-    down/up paths have cross layers that small, else the smallest side they have."""
-    quarter = latent_side // 4
+def default_blend_shape(latent_hw: tuple[int, int], available: list[tuple[int, int]]) -> tuple[int, int]:
+    """The maps local blend reads: a quarter of the latent's sides (16² at 512 px, 24×16 at
+    768×512) where the down/up paths have cross layers that small, else the smallest they have."""
+    quarter = (latent_hw[0] // 4, latent_hw[1] // 4)
     if quarter in available:
         return quarter
     if not available:
@@ -140,22 +154,27 @@ class LocalBlend:
     """Confine edits to where the blend words attend.
 
     ``words`` [B, L]: 1 on each prompt's blend-word tokens; ``subtract`` [B, L] or None: tokens
-    whose region is cut out of the mask. Applies after steps ``>= start_step``.
+    whose region is cut out of the mask. Applies after steps ``>= start_step``. ``factor``: read
+    the maps downsampled this many times from the latent (4: a quarter of its sides), or None for
+    ``default_blend_shape``.
     """
 
     words: torch.Tensor
     subtract: torch.Tensor | None
     threshold: float
     start_step: int
-    side: int | None = None
+    factor: int | None = None
 
     def mask(self, store: AttentionStore, latent_hw: tuple[int, int]) -> torch.Tensor:
         """The blend mask [B, 1, h, w] (bool) from the maps stored so far."""
-        side = self.side or default_blend_side(latent_hw[0], store.resolutions())
-        maps = store.mean_map(side)  # [B, s, s, L]
+        if self.factor is None:
+            shape = default_blend_shape(latent_hw, store.shapes())
+        else:
+            shape = (latent_hw[0] // self.factor, latent_hw[1] // self.factor)
+        maps = store.mean_map(shape)  # [B, rows, cols, L]
 
         def region(weights: torch.Tensor, pool: bool) -> torch.Tensor:
-            m = (maps * weights.to(maps)[:, None, None, :]).sum(-1)[:, None]  # [B, 1, s, s]
+            m = (maps * weights.to(maps)[:, None, None, :]).sum(-1)[:, None]  # [B, 1, rows, cols]
             if pool:
                 m = F.max_pool2d(m, 3, stride=1, padding=1)
             m = F.interpolate(m, size=latent_hw, mode="nearest")

@@ -16,7 +16,7 @@ from editing.controllers import (
     AttentionStore,
     LocalBlend,
     PromptToPromptController,
-    default_blend_side,
+    default_blend_shape,
     refine_edit,
     reweight_edit,
     replace_edit,
@@ -36,8 +36,8 @@ class EditResult:
     Attributes:
         images: one PIL image per prompt, the source (reconstruction) first.
         latents: final latents [B, 4, h, w].
-        attention: cross-attention maps averaged over steps, heads and the down/up layers at
-            ``attention_side``: [B, side, side, 77]; None unless asked for.
+        attention: cross-attention maps averaged over steps, heads and the down/up layers of
+            shape ``attention_shape`` (rows, columns): [B, rows, columns, 77]; None unless asked for.
         tokens: each prompt's token strings (start and end tokens included).
         seconds: wall time of the denoising loop and of decoding.
         stats: UNet calls, explicit and fused attention calls.
@@ -47,7 +47,7 @@ class EditResult:
     latents: torch.Tensor
     spec: EditSpec
     attention: torch.Tensor | None = None
-    attention_side: int | None = None
+    attention_shape: tuple[int, int] | None = None
     tokens: list[list[str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
@@ -96,10 +96,17 @@ def _word_weights(prompts: list[str], groups: list[list[str]], tokenizer) -> tor
     return weights
 
 
-def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool = False) -> PromptToPromptController:
+def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool = False,
+                     latent_hw: tuple[int, int] | None = None, native_side: int | None = None) -> PromptToPromptController:
     """The controller that carries out ``spec`` over ``num_steps`` steps.
 
     ``keep_maps`` keeps cross-attention maps (for pictures) even without a local blend.
+    ``latent_hw`` is the latent's (h, w) (None: square); ``native_side`` the model's native latent
+    side, against which ``spec.blend_resolution`` is read (a side at the native size names the
+    same layers at any size).
+
+    Raises:
+        EditSpecError: ``spec.blend_resolution`` is not a map side the model has.
     """
     source, targets = spec.prompts[0], spec.prompts[1:]
     if spec.resolved_mode() == "replace":
@@ -124,16 +131,29 @@ def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool 
             subtract=subtract,
             threshold=spec.blend_threshold,
             start_step=int(spec.blend_start * num_steps),
-            side=spec.blend_resolution,
+            factor=_blend_factor(spec.blend_resolution, native_side),
         )
     return PromptToPromptController(
         cross_edit=cross,
         cross_alpha=cross_alpha(spec, tokenizer, num_steps),
         self_steps=(int(start * num_steps), int(end * num_steps)),
         self_max_pixels=spec.self_replace_max_pixels,
-        store=AttentionStore() if (keep_maps or blend is not None) else None,
+        store=AttentionStore(latent_hw=latent_hw) if (keep_maps or blend is not None) else None,
         blend=blend,
     )
+
+
+def _blend_factor(resolution: int | None, native_side: int | None) -> int | None:
+    """How many times the maps local blend reads are downsampled from the latent."""
+    if resolution is None:
+        return None
+    native = native_side or resolution
+    factor = native // resolution
+    if factor < 1 or native % resolution or factor & (factor - 1):
+        sides = [native // 2**k for k in range(4) if native % 2**k == 0]
+        raise EditSpecError(f"blend_resolution {resolution} is not a map side of this model (its latent is "
+                            f"{native} wide at its native size): use one of {', '.join(map(str, sides))}")
+    return factor
 
 
 def check_prompts(tokenizer, spec: EditSpec) -> None:
@@ -163,13 +183,16 @@ def edit(
     inversion=None,
     progress: bool = False,
     on_step: Callable[[int, int], None] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> EditResult:
     """Edit with Prompt-to-Prompt: every prompt of ``spec`` in one batch, source first.
 
     Args:
         pipe: a pipeline from ``load_pipeline``.
         spec: the edit.
-        latents: starting latent [1, 4, h, w] shared by every row; else drawn from ``generator``.
+        latents: starting latent [1, 4, h, w] shared by every row, at any h and w the UNet
+            divides; else drawn from ``generator`` at ``size``.
+        size: (W, H) in pixels of an image drawn from noise (default the model's native square).
         null_embeddings: [T, 1, 77, d] one unconditional embedding per step (null-text
             inversion), or None for the empty prompt's embedding.
         num_steps: DDIM steps T (default 50, or the inversion's).
@@ -206,10 +229,14 @@ def edit(
     guidance_scale = limited("guidance", 7.5 if guidance_scale is None else guidance_scale, "guidance_scale =", EditSpecError)
     if null_embeddings is not None and null_embeddings.shape[0] != num_steps:
         raise EditSpecError(f"{null_embeddings.shape[0]} null embeddings for {num_steps} steps: they must match")
-    side = pipe.unet.config.sample_size
+    native = pipe.unet.config.sample_size
     if latents is None:
-        latents = torch.randn((1, pipe.unet.config.in_channels, side, side), generator=generator, dtype=torch.float32)
-    controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention)
+        scale = pipe.vae_scale_factor
+        h, w = (native, native) if size is None else (size[1] // scale, size[0] // scale)
+        latents = torch.randn((1, pipe.unet.config.in_channels, h, w), generator=generator, dtype=torch.float32)
+    latent_hw = (int(latents.shape[-2]), int(latents.shape[-1]))
+    controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention,
+                                  latent_hw=latent_hw, native_side=native)
 
     started = time.perf_counter()
     cond = encode_text(pipe, spec.prompts)
@@ -227,6 +254,6 @@ def edit(
     )
     if return_attention and controller.store is not None and controller.store.sums:
         store = controller.store
-        result.attention_side = default_blend_side(final.shape[-1], store.resolutions())
-        result.attention = store.mean_map(result.attention_side) / max(store.steps, 1)
+        result.attention_shape = default_blend_shape(latent_hw, store.shapes())
+        result.attention = store.mean_map(result.attention_shape) / max(store.steps, 1)
     return result

@@ -59,8 +59,10 @@ class EditSpec:
         blend_start: fraction of steps after which the blend applies.
         self_replace_max_pixels: self-attention is injected only in layers with at most this many
             pixels (32² in the reference's real-image notebook, 16² in its generated-image one).
-        blend_resolution: side of the cross-attention maps the blend reads (None: a quarter of the
-            latent side, or the smallest side the down/up paths have if no layer is that small).
+        blend_resolution: side of the cross-attention maps the blend reads, as they are at the
+            model's native square size (16 for SD at 512 px); at another size the same layers are
+            read, whatever their shape (None: a quarter of the latent's sides, or the smallest maps
+            the down/up paths have if no layer is that small).
     """
 
     prompts: list[str]

@@ -32,13 +32,22 @@ def grid(images: list[Image.Image], columns: int | None = None, pad: int = 4) ->
     return out
 
 
+def picture_size(image: Image.Image, size: int) -> tuple[int, int]:
+    """(W, H) of a picture of ``image`` whose longer side is ``size`` px (its ratio kept)."""
+    w, h = image.size
+    scale = size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def heatmap(attention: np.ndarray, background: Image.Image, size: int) -> Image.Image:
-    """One token's map [s, s] scaled to its max, coloured, laid over ``background`` at ``size`` px."""
+    """One token's map [rows, cols] scaled to its max, coloured, laid over ``background``, whose
+    ratio the picture keeps, at ``size`` px on its longer side."""
+    width, height = picture_size(background, size)
     peak = float(attention.max())
     gray = np.uint8(255 * attention / peak) if peak > 0 else np.zeros_like(attention, dtype=np.uint8)
-    gray = cv2.resize(gray, (size, size), interpolation=cv2.INTER_NEAREST)
+    gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_NEAREST)
     colour = cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    base = np.asarray(background.convert("RGB").resize((size, size)), dtype=np.float32)
+    base = np.asarray(background.convert("RGB").resize((width, height)), dtype=np.float32)
     return Image.fromarray(np.uint8(0.5 * base + 0.5 * colour))
 
 
@@ -50,7 +59,7 @@ def attention_maps(result, prompt_index: int = 0, size: int = 128) -> list[tuple
     """
     if result.attention is None:
         raise ValueError("this result has no attention maps: call edit(..., return_attention=True)")
-    maps = result.attention[prompt_index].float().cpu().numpy()  # [s, s, 77]
+    maps = result.attention[prompt_index].float().cpu().numpy()  # [rows, cols, 77]
     tokens = result.tokens[prompt_index]
     return [(token, heatmap(maps[:, :, j], result.images[prompt_index], size)) for j, token in enumerate(tokens)]
 

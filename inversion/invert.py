@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data.images import Crop, image_hash, load_image
+from data.images import Crop, SizeRequest, image_hash, load_image, load_photo
 from data.numbers import limited
 from inversion.ddim import ddim_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
@@ -20,7 +20,7 @@ from inversion.null_text import InversionError, null_text_optimization
 from inversion.result import Inversion, cache_key, cache_path, load_cached
 from models.codec import PromptError, check_prompt, decode_latents, encode_image, encode_text
 from models.guidance import guided_noise
-from models.loading import image_size
+from models.loading import working_size
 
 log = logging.getLogger(__name__)
 METHODS = ("null-text", "negative-prompt", "ddim")
@@ -129,6 +129,7 @@ def invert(
     cache_dir: str | Path | None = None,
     crop: Crop = "center",
     on_step: Callable[[str, int, int], None] | None = None,
+    size: SizeRequest | None = "auto",
 ) -> Inversion | list[Inversion]:
     """Invert photo(s) into a DDIM starting latent and per-step null embeddings.
 
@@ -141,7 +142,12 @@ def invert(
         num_steps, guidance_scale: DDIM steps T and the guidance w the edit will use.
         num_inner_steps, early_stop_epsilon: null-text's Adam steps per DDIM step and threshold.
         cache_dir: a folder in which results are stored and looked up (invert once, edit many).
-        crop: how the photo is cut to a square (see ``data.load_image``).
+        crop: offsets (left, right, top, bottom) cut off the photo first, or "center" (none).
+        size: the working size: "auto" (the photo's own aspect ratio at the model's native area,
+            nothing cropped), a side N (the reference's centre-cropped square) or (W, H) (the
+            largest centred region of that ratio); see ``models.loading.working_size``. None: the
+            images are used as they are (already at a working size). Photos of different working
+            sizes are inverted in separate batches.
         on_step: called after every step with (stage, steps done, steps in the stage), the stage
             being "ddim inversion" or "null-text"; it may raise to stop the inversion between
             steps (cooperative cancellation: nothing is cached then). Not called on a cache hit.
@@ -151,6 +157,7 @@ def invert(
 
     Raises:
         ImageInputError: a photo cannot be read. PromptError: a prompt is empty or too long.
+        SizeError: the working size is not a multiple of what the model divides by.
         InversionError: the optimization diverged.
     """
     if method not in METHODS:
@@ -166,28 +173,32 @@ def invert(
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt, or one per image")
     for p in prompts:
         check_prompt(pipe.tokenizer, p, "source prompt")
-    size = image_size(pipe)
-    images = [load_image(im, size=size, crop=crop) for im in images]
+    images = [load_photo(im, crop=crop) for im in images]
+    sizes = [working_size(pipe, im.size, im.size if size is None else size) for im in images]
+    images = [load_image(im, size=wh, keep_ratio=size == "auto") for im, wh in zip(images, sizes)]
     params = dict(num_steps=num_steps, guidance_scale=guidance_scale)
     if method == "null-text":
         params.update(num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon)
 
     results: list[Inversion | None] = [None] * len(images)
-    keys = [_key(pipe, im, p, method, params) for im, p in zip(images, prompts)]
+    keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)}) for im, p in zip(images, prompts)]
     if cache_dir is not None:
         for k, key in enumerate(keys):
             results[k] = load_cached(cache_dir, key)
             if results[k] is not None:
                 results[k].stats["cache_hit"] = True
                 log.info("inversion cache hit: %s", cache_path(cache_dir, key))
-    todo = [k for k, r in enumerate(results) if r is None]
-    if todo:
+    for wh in dict.fromkeys(sizes):  # one UNet batch per working size
+        todo = [k for k, r in enumerate(results) if r is None and sizes[k] == wh]
+        if not todo:
+            continue
         fresh = _invert_batch(
             pipe, [images[k] for k in todo], [prompts[k] for k in todo], method, num_steps,
             guidance_scale, num_inner_steps, early_stop_epsilon, progress, on_step,
         )
         for k, inv in zip(todo, fresh):
             inv.stats["cache_hit"] = False
+            inv.stats["size"] = list(wh)
             results[k] = inv
             if cache_dir is not None:
                 inv.save(cache_path(cache_dir, keys[k]))

@@ -36,7 +36,8 @@ class Inversion:
         num_steps, guidance_scale: the DDIM steps T and the guidance w it was made for.
         model_id: the model it belongs to.
         image_hash: SHA-256 of the preprocessed image.
-        stats: seconds per stage, UNet forward/backward counts, per-step losses.
+        stats: seconds per stage, UNet forward/backward counts, per-step losses, the working
+            size [W, H] in pixels.
     """
 
     trajectory: torch.Tensor

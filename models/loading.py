@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from data.images import resolve_size
 from models.tiny import SCHEDULER_CONFIG, tiny_model_dir
 from models.tokenizer import check_tokenizer
 
@@ -132,3 +133,15 @@ def load_pipeline(
 def image_size(pipe: StableDiffusionPipeline) -> int:
     """The model's native image size in pixels: UNet sample size × VAE downsampling factor."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def size_step(pipe: StableDiffusionPipeline) -> int:
+    """What the sides of an image must be multiples of for this model: the VAE's downsampling
+    times the UNet's (×2 per down block but the last): 64 for SD 1.x and 2.x."""
+    return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def working_size(pipe: StableDiffusionPipeline, photo_size: tuple[int, int], request="auto") -> tuple[int, int]:
+    """The size (W, H) a ``photo_size`` = (width, height) photo is edited at: ``request`` is "auto"
+    (the photo's ratio at the model's native area), a side N or (W, H); see ``data.images.resolve_size``."""
+    return resolve_size(request, photo_size[0], photo_size[1], image_size(pipe), size_step(pipe))

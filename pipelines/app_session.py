@@ -118,11 +118,11 @@ class EditSession:
         """
         import torch
 
-        from data.images import ImageInputError, load_image
+        from data.images import ImageInputError
         from editing import EditSpec, edit
         from editing.edit import check_prompts
         from inversion import invert
-        from models.loading import image_size
+        from pipelines.edit_real import prepare_photo
 
         path = self.check_photo(request.photo)
         spec = EditSpec(prompts=[request.source.strip(), *request.targets], mode=request.mode,
@@ -132,7 +132,7 @@ class EditSession:
         steps, inner = _whole(request.steps, "Steps"), _whole(request.inner_steps, "Inner steps")
         seed = _whole(request.seed, "Seed")
         try:
-            image = load_image(path, size=image_size(self.pipe), max_pixels=self.max_pixels)
+            image, shown = prepare_photo(self.pipe, path, "auto", max_pixels=self.max_pixels)  # whole photo, its ratio
         except ImageInputError as exc:
             raise ImageInputError(str(exc).replace(str(path), "The photo")) from None
 
@@ -152,7 +152,7 @@ class EditSession:
                 started = time.perf_counter()
                 inv = invert(self.pipe, image, spec.prompts[0], method=request.method, num_steps=steps,
                              guidance_scale=request.guidance, num_inner_steps=inner, progress=False,
-                             cache_dir=self.cache_dir, on_step=step)
+                             cache_dir=self.cache_dir, on_step=step, size=None)
                 inverted = time.perf_counter()
                 result = edit(self.pipe, spec, inversion=inv, return_attention=True, progress=False,
                               on_step=lambda done, total: step("editing", done, total))
@@ -161,9 +161,9 @@ class EditSession:
                 with self._stops_lock:
                     if self._stops.get(client) is stop:
                         del self._stops[client]
-        return self._write(image, inv, result, spec, request, seconds)
+        return self._write(image, inv, result, spec, request, seconds, shown)
 
-    def _write(self, image, inv, result, spec, request: EditRequest, seconds: dict) -> EditOutcome:
+    def _write(self, image, inv, result, spec, request: EditRequest, seconds: dict, shown=None) -> EditOutcome:
         from editing.visualize import attention_maps
         from pipelines.edit_real import RealEdit, write_outputs
         from pipelines.outputs import StagedOutput
@@ -173,7 +173,7 @@ class EditSession:
         parameters = {k: v for k, v in vars(request).items() if k != "photo"}
         parameters["model"] = str(self.pipe.name_or_path)
         rounded = {k: round(v, 3) for k, v in seconds.items()}
-        write_outputs(folder, RealEdit(image, inv, result, seconds), spec, parameters, rounded)
+        write_outputs(folder, RealEdit(image, inv, result, seconds, original_size=shown), spec, parameters, rounded)
         attention = []  # (file, caption): one picture per token of each prompt, for the page's gallery
         with StagedOutput(folder) as staged:
             for k in range(len(spec.prompts)):

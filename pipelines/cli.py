@@ -126,6 +126,27 @@ def parse_crop(text: str):
     return values
 
 
+def parse_size_option(text: str, option: str = "--size"):
+    """--size: "auto", N or W,H (see ``data.images.parse_size``); a UsageError otherwise."""
+    from data.images import SizeError, parse_size
+
+    try:
+        return parse_size(text, option)
+    except SizeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def add_size_options(parser: argparse.ArgumentParser, original: bool = True) -> None:
+    """--size (and --original-size): the working size of a photo edit."""
+    parser.add_argument("--size", default="auto", metavar="auto|N|W,H",
+                        help="auto (default): the photo's aspect ratio at the model's native area, nothing cropped; "
+                             "N: a centre-cropped N×N square (the papers' setting); W,H: exactly that size "
+                             "(centre-cropped to its ratio). Sides are multiples of the model's step (64 for SD)")
+    if original:
+        parser.add_argument("--original-size", action="store_true",
+                            help="also write each edit resized back to the photo's own pixel size (edit_N_original.png)")
+
+
 def check_folder_option(value, option: str, *, must_exist: bool = False) -> Path:
     """A folder option: not empty, not an existing file (and existing, if ``must_exist``)."""
     text = str(value) if value is not None else ""
@@ -276,7 +297,7 @@ def versions() -> dict[str, str]:
 
 # (module, class) of every exception that means "the user gave something unusable"
 _USER_ERRORS = (
-    ("data.images", "ImageInputError"), ("data.numbers", "NumberError"), ("data.pie_bench", "ManifestError"),
+    ("data.images", "ImageInputError"), ("data.images", "SizeError"), ("data.numbers", "NumberError"), ("data.pie_bench", "ManifestError"),
     ("editing.spec", "EditSpecError"), ("eval.lpips", "MetricModelError"), ("inversion", "InversionError"),
     ("inversion", "InversionCacheError"), ("models.codec", "PromptError"), ("models.loading", "ModelLoadError"),
     ("pipelines.outputs", "OutputError"),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipelines.cli import (
     OneLineParser,
+    parse_size_option,
     UsageError,
     check_device_option,
     check_file_option,
@@ -43,7 +44,7 @@ from pipelines.score import check_score_options
 log = logging.getLogger(__name__)
 PROG = "python -m pipelines.edit_dataset"
 DEFAULTS = {"steps": 50, "guidance": 7.5, "mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "reweight": None,
-            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "blend_threshold": 0.3}
+            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "size": "auto", "blend_threshold": 0.3}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"])
     parser.add_argument("--inner-steps", type=number_type("inner_steps"))
     parser.add_argument("--crop")
+    parser.add_argument("--size", metavar="auto|N|W,H", help="working size (default auto: each photo's own ratio)")
+    parser.add_argument("--original-size", action="store_true", help="also write each edit at its photo's pixel size")
     parser.add_argument("--score", action="store_true", help="score the results with pipelines.score afterwards")
     parser.add_argument("--clip-model", default=None, help="for --score")
     parser.add_argument("--dino-model", default=None, help="for --score")
@@ -89,8 +92,14 @@ def given_options(args) -> dict:
         "reweight": parse_reweight(args.reweight), "blend": parse_blend(args.blend),
         "inversion": args.inversion, "inner_steps": args.inner_steps,
         "crop": parse_crop(args.crop) if args.crop is not None else None, "blend_threshold": args.blend_threshold,
+        "size": _json_size(parse_size_option(args.size)) if args.size is not None else None,
     }
     return {k: v for k, v in parsed.items() if v is not None}
+
+
+def _json_size(size):
+    """A size request as JSON keeps it: "auto", N, or [W, H]."""
+    return list(size) if isinstance(size, tuple) else size
 
 
 def check_args(args) -> None:
@@ -154,12 +163,11 @@ def _complete(items: Path, job_id: str) -> bool:
 
 def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_done) -> list[dict]:
     """Invert and edit this process's jobs; returns error records. A bad job fails alone."""
-    from data.images import load_image
+    from data.images import parse_size
     from editing import edit
     from editing.edit import check_prompts
     from inversion import invert
-    from pipelines.edit_real import RealEdit, write_outputs
-    from models.loading import image_size
+    from pipelines.edit_real import RealEdit, prepare_photo, write_outputs
 
     errors = []
     ready = []
@@ -169,8 +177,8 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
             spec = job_spec(job, options)
             check_prompts(pipe.tokenizer, spec)
             crop = options["crop"] if isinstance(options["crop"], str) else tuple(options["crop"])
-            image = load_image(job.image, size=image_size(pipe), crop=crop)
-            ready.append((job, options, spec, image))
+            image, shown = prepare_photo(pipe, job.image, parse_size(options["size"], "size"), crop)
+            ready.append((job, options, spec, image, shown))
         except Exception as exc:  # any failure is this job's alone
             errors.append({"id": job.id, "error": f"{type(exc).__name__}: {exc}", "process_index": process_index})
             on_done(failed=True)
@@ -191,7 +199,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
         try:
             inversions = invert(pipe, [e[3] for e in batch], [e[2].prompts[0] for e in batch], method=o["inversion"],
                                 num_steps=o["steps"], guidance_scale=o["guidance"], num_inner_steps=o["inner_steps"],
-                                progress=False, cache_dir=cache)
+                                progress=False, cache_dir=cache, size=None)
         except Exception as exc:
             if len(batch) > 1:  # retry one by one so that one bad photo does not fail its neighbours
                 ready = [*batch, *ready]
@@ -201,15 +209,16 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
             on_done(failed=True)
             continue
         inverted = (time.perf_counter() - started) / len(batch)
-        for (job, options, spec, image), inv in zip(batch, inversions):
+        for (job, options, spec, image, shown), inv in zip(batch, inversions):
             try:
                 started = time.perf_counter()
                 result = edit(pipe, spec, inversion=inv)
                 seconds = {"inversion": round(inverted, 3), "edit": round(time.perf_counter() - started, 3)}
                 parameters = {"id": job.id, "image": str(job.image), **options, "model": str(args.model),
                               "process_index": process_index}
-                write_outputs(items / job.id, RealEdit(image, inv, result), spec, parameters, seconds,
-                              extra={"id": job.id, "process_index": process_index})
+                write_outputs(items / job.id, RealEdit(image, inv, result, original_size=shown), spec, parameters,
+                              seconds, extra={"id": job.id, "process_index": process_index},
+                              original_size=args.original_size)
                 on_done(failed=False)
             except Exception as exc:
                 errors.append({"id": job.id, "error": f"{type(exc).__name__}: {exc}", "process_index": process_index})

@@ -5,7 +5,9 @@
 
 Inverts the photo (null-text inversion by default), then edits it with Prompt-to-Prompt, and
 writes input.png, reconstruction.png, edit_1.png …, grid.png, attention_*.png (with
---attention) and run.json into --out.
+--attention) and run.json into --out. The photo keeps its aspect ratio (--size auto, the default):
+it is resized to about the model's native area with nothing cropped, and --original-size also
+writes each edit at the photo's own pixel size.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from pipelines.cli import (
     OneLineParser,
     UsageError,
     add_edit_options,
+    add_size_options,
     check_edit_args,
     check_folder_option,
     default_out,
     number_type,
     parse_crop,
+    parse_size_option,
     quiet_libraries,
     run_cli,
     spec_from_options,
@@ -40,43 +44,64 @@ PROG = "python -m pipelines.edit_real"
 @dataclass
 class RealEdit:
     """Everything one photo edit produced: the input as the model saw it, the inversion, the
-    edit result, and seconds per stage."""
+    edit result, seconds per stage, and ``original_size``, the (W, H) of the part of the photo
+    that was edited (the whole photo under --size auto)."""
 
     input_image: object
     inversion: object
     result: object
     seconds: dict = field(default_factory=dict)
+    original_size: tuple[int, int] | None = None
+
+
+def prepare_photo(pipe, photo, size="auto", crop="center", max_pixels: int | None = None):
+    """The photo as the model will see it, and the (W, H) of the part of the photo it shows.
+
+    ``size``: "auto" (the photo's ratio at the model's native area, nothing cropped), a side N or
+    (W, H) (centre-cropped to that ratio); ``crop``: offsets cut off first (see ``data.images``);
+    ``max_pixels``: refuse larger photos before decoding (default ``data.images.MAX_PIXELS``).
+
+    Raises:
+        ImageInputError: the photo cannot be read. SizeError: the size does not suit the model.
+    """
+    from data.images import MAX_PIXELS, crop_to_ratio, load_image, load_photo
+    from models.loading import working_size
+
+    whole = load_photo(photo, crop=crop, max_pixels=max_pixels or MAX_PIXELS)
+    wh = working_size(pipe, whole.size, size)
+    shown = whole.size if size == "auto" else crop_to_ratio(whole, *wh).size
+    return load_image(whole, size=wh, keep_ratio=size == "auto"), shown
 
 
 def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7.5, inner_steps=10,
-                  crop="center", cache_dir=None, attention=False, progress=True) -> RealEdit:
-    """Invert ``photo`` and edit it as ``spec`` says, on an already loaded pipeline."""
-    from data.images import load_image
+                  crop="center", cache_dir=None, attention=False, progress=True, size="auto") -> RealEdit:
+    """Invert ``photo`` and edit it as ``spec`` says, on an already loaded pipeline, at the
+    working size ``size`` asks for (see ``prepare_photo``)."""
     from editing import edit
     from editing.edit import check_prompts
     from inversion import invert
-    from models.loading import image_size
 
     check_prompts(pipe.tokenizer, spec)  # before the inversion, which is the long part
-    image = load_image(photo, size=image_size(pipe), crop=crop)
+    image, shown = prepare_photo(pipe, photo, size, crop)
     started = time.perf_counter()
     inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,
-                 num_inner_steps=inner_steps, progress=progress, cache_dir=cache_dir)
+                 num_inner_steps=inner_steps, progress=progress, cache_dir=cache_dir, size=None)
     inverted = time.perf_counter()
     result = edit(pipe, spec, inversion=inv, return_attention=attention, progress=progress)
     seconds = {"inversion": inverted - started, "edit": time.perf_counter() - inverted}
-    return RealEdit(image, inv, result, seconds)
+    return RealEdit(image, inv, result, seconds, original_size=shown)
 
 
 def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1-4", pipe=None,
                     inversion="null-text", steps=50, guidance=7.5, inner_steps=10, cross_replace=0.8,
                     self_replace=0.4, reweight=None, blend=None, mode="auto", crop="center", seed=0,
-                    device=None, dtype=None, cache_dir=None, attention=False, progress=True):
+                    device=None, dtype=None, cache_dir=None, attention=False, progress=True, size="auto"):
     """Edit a photo from Python (a notebook), as the command does, without writing files.
 
     Args:
         photo: a path or PIL image. src: the prompt describing it. tgts: a target prompt or a list.
         pipe: an already loaded pipeline (else ``model`` is loaded on ``device`` in ``dtype``).
+        size: "auto" (the photo's aspect ratio, nothing cropped), a side N or (W, H).
         Other keywords: as the command's options (``blend`` is (source words, target words)).
 
     Returns:
@@ -94,11 +119,11 @@ def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1
     pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
     return run_real_edit(pipe, photo, spec, method=inversion, steps=steps, guidance=guidance,
                          inner_steps=inner_steps, crop=crop, cache_dir=cache_dir, attention=attention,
-                         progress=progress).result
+                         progress=progress, size=size).result
 
 
 def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
-                  extra: dict | None = None) -> list[Path]:
+                  extra: dict | None = None, original_size: bool = False) -> list[Path]:
     """Write the pictures and run.json of one edit into ``out`` (staged, nothing half-written);
     ``extra`` adds top-level fields to run.json.
 
@@ -107,14 +132,17 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
     from pipelines.outputs import StagedOutput
 
     with StagedOutput(out) as staged:
-        fill_outputs(staged, run, spec, parameters, seconds, reconstruction, extra)
+        fill_outputs(staged, run, spec, parameters, seconds, reconstruction, extra, original_size)
     return staged.published
 
 
 def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, original_size: bool = False) -> None:
     """Write the pictures and run.json of one edit into an open ``StagedOutput`` (published when
-    its block ends without error)."""
+    its block ends without error). ``original_size`` also writes each edit resized (bicubic) to
+    ``run.original_size`` as edit_N_original.png."""
+    from PIL import Image
+
     from editing import attention_pictures
     from editing.visualize import captioned, grid
 
@@ -130,6 +158,8 @@ def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, r
     tiles.append(captioned(result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
     for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
         staged.save_image(f"edit_{k}.png", image)
+        if original_size and run.original_size is not None:
+            staged.save_image(f"edit_{k}_original.png", image.resize(tuple(run.original_size), Image.Resampling.BICUBIC))
         tiles.append(captioned(image, prompt))
     staged.save_image("grid.png", grid(tiles))
     if result.attention is not None:
@@ -141,6 +171,8 @@ def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, r
         "parameters": parameters,
         "prompts": spec.prompts,
         "mode": spec.resolved_mode(),
+        "size": {"working": list(result.images[0].size),
+                 "photo": list(run.original_size) if run.original_size is not None else None},
         "versions": versions(),
         "seconds": {**seconds, "write": round(time.perf_counter() - started, 3)},
         "unet_calls": {
@@ -174,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the photo is inverted (default null-text)")
     parser.add_argument("--inner-steps", type=number_type("inner_steps"), default=10,
                         help="null-text Adam steps per DDIM step, 0…1000 (default 10)")
-    parser.add_argument("--crop", default="center", help="'center' or LEFT,RIGHT,TOP,BOTTOM pixel offsets cut first")
+    add_size_options(parser)
+    parser.add_argument("--crop", default="center",
+                        help="LEFT,RIGHT,TOP,BOTTOM pixel offsets cut off the photo first ('center', the default: none)")
     parser.add_argument("--cache-dir", default=None, help="folder of cached inversions (invert once, edit many)")
     return parser
 
@@ -190,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         # everything a user can get wrong is checked first, with light imports only
         options = check_edit_args(args)
         crop = parse_crop(args.crop)
+        size = parse_size_option(args.size)
         if args.cache_dir is not None:
             check_folder_option(args.cache_dir, "--cache-dir")
         if not args.photo.strip():
@@ -209,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded = time.perf_counter() - started
             run = run_real_edit(pipe, args.photo, spec, method=args.inversion, steps=args.steps,
                                 guidance=args.guidance, inner_steps=args.inner_steps, crop=crop,
-                                cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet)
+                                cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet,
+                                size=size)
             seconds = {"load_model": round(loaded, 3), **{k: round(v, 3) for k, v in run.seconds.items()}}
-            fill_outputs(staged, run, spec, vars(args), seconds)
+            fill_outputs(staged, run, spec, vars(args), seconds, original_size=args.original_size)
         print(f"wrote {len(staged.published)} files to {args.out}: grid.png shows input | reconstruction | edits")
         return 0
 

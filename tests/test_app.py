@@ -129,6 +129,15 @@ def test_edit_returns_images_and_files(client, server):
     assert list((server.out / "edits").glob("*/grid.png"))
 
 
+def test_a_wide_photo_comes_back_whole_and_wide(client):
+    _, edits, reconstruction, _, files, _ = edit(client, photo=ROOT / "assets" / "chelsea.png",
+                                                 source="a cat on a floor", targets="a dog on a floor")
+    assert picture(reconstruction).shape[:2] == (128, 192)  # the 451×300 photo's 3:2, not a square crop
+    assert picture(edits[0]["image"]).shape[:2] == (128, 192)
+    run = json.loads(Path(next(f for f in files if f.endswith("run.json"))).read_text())
+    assert run["size"] == {"working": [192, 128], "photo": [451, 300]}
+
+
 def test_second_edit_of_the_same_photo_reuses_the_inversion(client):
     first = edit(client, source="a red circle on a white background.")
     second = edit(client, source="a red circle on a white background.", targets="a green circle on a white background.",

@@ -41,9 +41,9 @@ def test_edit_real_end_to_end_and_cache(tmp_path):
                 "attention_edit_1.png", "attention_edit_2.png", "run.json"}
     assert {p.name for p in out.iterdir()} == expected
     for name in ("input.png", "reconstruction.png", "edit_1.png", "edit_2.png"):
-        _valid_png(out / name, (128, 128))
+        _valid_png(out / name, (192, 128))  # the 451×300 photo keeps its 3:2 ratio
     width, height = _valid_png(out / "grid.png")
-    assert width > 4 * 128 and height > 128  # four captioned tiles in a row
+    assert width > 4 * 192 and height > 128  # four captioned tiles in a row
     _valid_png(out / "attention_edit_1.png")
     run = json.loads((out / "run.json").read_text())
     assert run["prompts"] == ["a cat sitting on a floor", "a dog sitting on a floor", "a dog lying on a floor"]
@@ -131,7 +131,9 @@ def test_python_api_returns_images(tiny_pipe):
     from pipelines import edit_real_photo
 
     result = edit_real_photo(PHOTO, "a cat", ["a dog"], pipe=tiny_pipe, steps=3, inner_steps=1, progress=False)
-    assert len(result.images) == 2 and result.images[0].size == (128, 128)
+    assert len(result.images) == 2 and result.images[0].size == (192, 128)  # the photo's 3:2
+    square = edit_real_photo(PHOTO, "a cat", ["a dog"], pipe=tiny_pipe, steps=3, inner_steps=1, progress=False, size=128)
+    assert square.images[1].size == (128, 128)
 
 
 def _quickstart_command():

@@ -2,7 +2,7 @@
 
 import torch
 
-from editing.controllers import AttentionStore, LayerInfo, LocalBlend, default_blend_side, refine_edit, replace_edit, reweight_edit
+from editing.controllers import AttentionStore, LayerInfo, LocalBlend, default_blend_shape, refine_edit, replace_edit, reweight_edit
 
 
 def _store_with(maps):
@@ -18,7 +18,7 @@ def test_local_blend_mask_follows_the_reference_recipe():
     store = _store_with(maps)
     words = torch.zeros(2, 77)
     words[:, 2] = 1
-    blend = LocalBlend(words=words, subtract=None, threshold=0.3, start_step=0, side=4)
+    blend = LocalBlend(words=words, subtract=None, threshold=0.3, start_step=0, factor=2)
     mask = blend.mask(store, (8, 8))
     # 3×3 max pool around (1,1) covers rows/cols 0..2 of the 4×4 map; nearest upsampling ×2 → 0..5
     expected = torch.zeros(8, 8, dtype=torch.bool)
@@ -36,10 +36,10 @@ def test_local_blend_or_with_source_and_subtract():
     sub = torch.zeros(2, 77)
     sub[:, 5] = 1
     store = _store_with(maps)
-    mask = LocalBlend(words, None, 0.3, 0, side=4).mask(store, (4, 4))
+    mask = LocalBlend(words, None, 0.3, 0, factor=1).mask(store, (4, 4))
     assert mask[1, 0, 0, 0] and mask[1, 0, 3, 3]  # the edited row: its own region OR the source's
     assert mask[0, 0, 0, 0] and not mask[0, 0, 3, 3]
-    cut = LocalBlend(words, sub, 0.3, 0, side=4).mask(store, (4, 4))
+    cut = LocalBlend(words, sub, 0.3, 0, factor=1).mask(store, (4, 4))
     assert not cut[1, 0, 3, 3] and cut[1, 0, 0, 0]  # subtraction is unpooled: only (3,3) goes
 
 
@@ -48,7 +48,7 @@ def test_blend_apply_formula():
     maps[:, :, 0, 2] = 1.0
     words = torch.zeros(2, 77)
     words[:, 2] = 1
-    blend = LocalBlend(words, None, 0.3, 0, side=4)
+    blend = LocalBlend(words, None, 0.3, 0, factor=1)
     z = torch.randn(2, 4, 4, 4)
     out = blend.apply(z, _store_with(maps))
     mask = blend.mask(_store_with(maps), (4, 4))[1, 0]
@@ -56,9 +56,26 @@ def test_blend_apply_formula():
     torch.testing.assert_close(out[1][:, mask], z[1][:, mask])
 
 
-def test_default_blend_side():
-    assert default_blend_side(64, [8, 16, 32]) == 16  # SD at 512 px
-    assert default_blend_side(16, [8, 16]) == 8  # tiny model: nothing at 4, smallest available
+def test_default_blend_shape():
+    assert default_blend_shape((64, 64), [(8, 8), (16, 16), (32, 32)]) == (16, 16)  # SD at 512 px
+    assert default_blend_shape((16, 16), [(8, 8), (16, 16)]) == (8, 8)  # tiny: nothing at 4, smallest
+    assert default_blend_shape((48, 72), [(6, 9), (12, 18), (24, 36)]) == (12, 18)  # SD at 576×384
+
+
+def test_store_and_blend_on_a_non_square_latent():
+    # latent 6×12 (h×w), maps downsampled twice: 3×6; the word attends to map cell (row 1, col 4)
+    maps = torch.full((2, 1, 18, 77), 1e-3)
+    maps[:, :, 1 * 6 + 4, 2] = 1.0
+    store = AttentionStore(latent_hw=(6, 12))
+    store.add(maps, LayerInfo("down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", "down", True))
+    assert store.shapes() == [(3, 6)]
+    assert store.mean_map((3, 6))[0, 1, 4, 2] == 1.0
+    words = torch.zeros(2, 77)
+    words[:, 2] = 1
+    mask = LocalBlend(words, None, 0.3, 0).mask(store, (6, 12))[0, 0]
+    expected = torch.zeros(6, 12, dtype=torch.bool)
+    expected[0:6, 6:12] = True  # pooled cells rows 0..2, cols 3..5, each 2×2 latent pixels
+    assert torch.equal(mask, expected)
 
 
 def test_edits_are_plain_tensor_functions():

@@ -4,6 +4,9 @@
     python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 1] [--inner-steps N] [--json]
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
     python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
+    python -m bench shapes --claims [--model shapes] [--seeds 12] [--photos 6] [--reweight-seeds 6] [--out DIR] [--json]
+    python -m bench shapes [...]          # both: the gate, then the claims
+    python -m bench shapes --blend-sweep [--model DIR] [--seeds 8]   # choose the model's local blend defaults
 
 Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
 On a CPU that other work shares, add --threads 1 (see bench/measure.py).
@@ -27,9 +30,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes"])
     parser.add_argument("--gate", action="store_true",
                         help="shapes: the two checks that gate the shipped weights (generation, inversion)")
+    parser.add_argument("--claims", action="store_true",
+                        help="shapes: the papers' claims measured on the model (issue #14); plain 'shapes' runs both")
+    parser.add_argument("--blend-sweep", action="store_true",
+                        help="shapes: local blend over map sides and thresholds, to choose the model's defaults")
     parser.add_argument("--model", default="shapes", help="shapes: the model to check (a name or folder)")
-    parser.add_argument("--seeds", type=int, default=100, help="shapes --gate: generations to judge")
-    parser.add_argument("--photos", type=int, default=5, help="shapes --gate: rendered photos to invert")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="shapes: generations to judge (--gate 100), generated cases (--claims 12, --blend-sweep 8)")
+    parser.add_argument("--photos", type=int, default=None,
+                        help="shapes: rendered photos to invert (--gate 5, --claims 6)")
+    parser.add_argument("--reweight-seeds", type=int, default=6, help="shapes --claims: cases for the reweighting curves")
+    parser.add_argument("--parts", default="bcdefg", help="shapes --claims: which claims (letters of issue #14)")
+    parser.add_argument("--blend-side", type=int, default=None,
+                        help="shapes --claims: local blend map side (default: the model's own, else SPEC's)")
+    parser.add_argument("--blend-threshold", type=float, default=None,
+                        help="shapes --claims: local blend threshold (default: the model's own, else 0.3)")
+    parser.add_argument("--out", default=None, help="shapes --claims: folder for the example grids")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
@@ -53,13 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     rows, costs = [], []
     if args.what == "shapes":
-        from bench.shapes import bench_shapes_gate, print_gate
-
-        if not args.gate:
-            parser.error("shapes: add --gate (the gating checks); the claims table comes with a later issue")
-        report = bench_shapes_gate(args.model, args.seeds, args.photos, args.steps)
-        print(json.dumps(report, indent=2) if args.json else print_gate(report))
-        raise SystemExit(0 if report["passed"] else 1)
+        raise SystemExit(run_shapes(args))
     if args.what == "dataset":
         from bench.dataset import bench_dataset
 
@@ -85,6 +95,35 @@ def main(argv: list[str] | None = None) -> None:
         print_tables({"rows": rows, "null_text": costs}, args.json)
     else:
         print_rows(rows, args.json)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    """``python -m bench shapes``: the gate, the claims, or both (plain); or the blend sweep.
+    Returns the exit code: 1 when a gate or a claim fails."""
+    from bench.claims import bench_blend_sweep, bench_shapes_claims, print_claims, print_sweep
+    from bench.shapes import bench_shapes_gate, print_gate
+
+    def show(report: dict, text) -> None:
+        if args.json:  # NaN (no pixel to measure) and inf (identical pixels) as JSON null
+            clean = json.loads(json.dumps(report, default=str), parse_constant=lambda _: None)
+            print(json.dumps(clean, indent=2))
+        else:
+            print(text(report), flush=True)
+
+    if args.blend_sweep:
+        show(bench_blend_sweep(args.model, args.seeds or 8, args.steps), print_sweep)
+        return 0
+    passed = True
+    if args.gate or not args.claims:
+        report = bench_shapes_gate(args.model, args.seeds or 100, args.photos or 5, args.steps)
+        show(report, print_gate)
+        passed = report["passed"]
+    if args.claims or not args.gate:
+        report = bench_shapes_claims(args.model, args.seeds or 12, args.photos or 6, args.reweight_seeds, args.steps,
+                                     args.out, args.blend_side, args.blend_threshold, args.parts)
+        show(report, print_claims)
+        passed = passed and report["passed"]
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

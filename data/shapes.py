@@ -76,24 +76,39 @@ def caption_for(objects: list[ShapeObject], background: str, with_size: bool = T
     return f"{phrases} on a {background} background"
 
 
-def _outline(obj: ShapeObject, side: float) -> tuple[str, list[tuple[float, float]]]:
-    cx, cy, r = obj.center[0] * side, obj.center[1] * side, obj.radius * side
-    if obj.shape == "circle":
+def _outline(shape: str, center: tuple[float, float], radius: float, side: float) -> tuple[str, list[tuple[float, float]]]:
+    cx, cy, r = center[0] * side, center[1] * side, radius * side
+    if shape == "circle":
         return "ellipse", [(cx - r, cy - r), (cx + r, cy + r)]
-    if obj.shape == "square":
+    if shape == "square":
         return "rectangle", [(cx - r, cy - r), (cx + r, cy + r)]
-    if obj.shape == "triangle":  # upright, its base and apex on the bounding square
+    if shape == "triangle":  # upright, its base and apex on the bounding square
         return "polygon", [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    raise ValueError(f"unknown shape {obj.shape!r}: use one of {', '.join(SHAPES)}")
+    raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+
+
+def shape_coverage(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The fraction of each pixel a shape covers, float [size, size] in [0, 1] (4× supersampled).
+
+    ``center`` (x, y) and ``radius`` (half the bounding square's side) are fractions of the image
+    side, any values (not only the world's two sizes): the benchmarks draw the shape an edit should
+    have made at the place and size of the object it started from."""
+    big = size * SUPERSAMPLE
+    canvas = Image.new("L", (big, big), 0)
+    kind, points = _outline(shape, center, radius, big)
+    getattr(ImageDraw.Draw(canvas), kind)(points, fill=255)
+    return np.asarray(canvas, dtype=np.float32).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean((1, 3)) / 255
+
+
+def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The pixels a shape covers at least half, bool [size, size]: the renderer's mask of a lone
+    object (see ``shape_coverage`` for the arguments)."""
+    return shape_coverage(shape, center, radius, size) >= 0.5
 
 
 def coverage(obj: ShapeObject, size: int = IMAGE_SIZE) -> np.ndarray:
     """The fraction of each pixel the object covers, float [size, size] in [0, 1] (4× supersampled)."""
-    big = size * SUPERSAMPLE
-    canvas = Image.new("L", (big, big), 0)
-    kind, points = _outline(obj, big)
-    getattr(ImageDraw.Draw(canvas), kind)(points, fill=255)
-    return np.asarray(canvas, dtype=np.float32).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean((1, 3)) / 255
+    return shape_coverage(obj.shape, obj.center, obj.radius, size)
 
 
 def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, with_size: bool = True) -> Scene:

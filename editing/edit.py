@@ -24,9 +24,12 @@ from editing.controllers import (
 from editing.sampler import denoise
 from editing.spec import EditSpec, EditSpecError
 from models.codec import PromptError, check_prompt, decode_latents, encode_text
+from models.defaults import BlendDefaults, blend_defaults
 
 log = logging.getLogger(__name__)
 L = 77
+# the local blend threshold when neither the spec nor the model (promptedit.json) gives one: SPEC's
+BLEND_THRESHOLD = 0.3
 
 
 @dataclass
@@ -97,13 +100,15 @@ def _word_weights(prompts: list[str], groups: list[list[str]], tokenizer) -> tor
 
 
 def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool = False,
-                     latent_hw: tuple[int, int] | None = None, native_side: int | None = None) -> PromptToPromptController:
+                     latent_hw: tuple[int, int] | None = None, native_side: int | None = None,
+                     model_blend: BlendDefaults | None = None) -> PromptToPromptController:
     """The controller that carries out ``spec`` over ``num_steps`` steps.
 
     ``keep_maps`` keeps cross-attention maps (for pictures) even without a local blend.
     ``latent_hw`` is the latent's (h, w) (None: square); ``native_side`` the model's native latent
     side, against which ``spec.blend_resolution`` is read (a side at the native size names the
-    same layers at any size).
+    same layers at any size). ``model_blend``: the model's own local blend defaults
+    (``models.defaults``), used where the spec gives none.
 
     Raises:
         EditSpecError: ``spec.blend_resolution`` is not a map side the model has.
@@ -129,9 +134,9 @@ def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool 
         blend = LocalBlend(
             words=_word_weights(spec.prompts, spec.blend_groups(spec.blend_words), tokenizer),
             subtract=subtract,
-            threshold=spec.blend_threshold,
+            threshold=_blend_threshold(spec, model_blend),
             start_step=int(spec.blend_start * num_steps),
-            factor=_blend_factor(spec.blend_resolution, native_side),
+            factor=_blend_factor(_blend_side(spec, model_blend), native_side),
         )
     return PromptToPromptController(
         cross_edit=cross,
@@ -141,6 +146,17 @@ def build_controller(spec: EditSpec, tokenizer, num_steps: int, keep_maps: bool 
         store=AttentionStore(latent_hw=latent_hw) if (keep_maps or blend is not None) else None,
         blend=blend,
     )
+
+
+def _blend_side(spec: EditSpec, model_blend: BlendDefaults | None) -> int | None:
+    """The blend's map side: the spec's, else the model's own, else None (SPEC's choice)."""
+    return spec.blend_resolution or (model_blend.map_side if model_blend is not None else None)
+
+
+def _blend_threshold(spec: EditSpec, model_blend: BlendDefaults | None) -> float:
+    """The blend's threshold: the spec's, else the model's own, else ``BLEND_THRESHOLD``."""
+    own = model_blend.threshold if model_blend is not None else None
+    return next(t for t in (spec.blend_threshold, own, BLEND_THRESHOLD) if t is not None)
 
 
 def _blend_factor(resolution: int | None, native_side: int | None) -> int | None:
@@ -235,8 +251,9 @@ def edit(
         h, w = (native, native) if size is None else (size[1] // scale, size[0] // scale)
         latents = torch.randn((1, pipe.unet.config.in_channels, h, w), generator=generator, dtype=torch.float32)
     latent_hw = (int(latents.shape[-2]), int(latents.shape[-1]))
+    model_blend = blend_defaults(pipe)
     controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention,
-                                  latent_hw=latent_hw, native_side=native)
+                                  latent_hw=latent_hw, native_side=native, model_blend=model_blend)
 
     started = time.perf_counter()
     cond = encode_text(pipe, spec.prompts)
@@ -254,6 +271,9 @@ def edit(
     )
     if return_attention and controller.store is not None and controller.store.sums:
         store = controller.store
-        result.attention_shape = default_blend_shape(latent_hw, store.shapes())
+        # the maps the local blend reads: the spec's or the model's side, else SPEC's choice
+        factor = _blend_factor(_blend_side(spec, model_blend), native)
+        wanted = None if factor is None else (latent_hw[0] // factor, latent_hw[1] // factor)
+        result.attention_shape = wanted if wanted in store.shapes() else default_blend_shape(latent_hw, store.shapes())
         result.attention = store.mean_map(result.attention_shape) / max(store.steps, 1)
     return result

@@ -55,14 +55,16 @@ class EditSpec:
         blend_words: local blend words per prompt: (source words, target words) or one entry per
             prompt; the edit is then confined to where those words attend.
         blend_subtract_words: words per prompt whose region is removed from the blend mask.
-        blend_threshold: mask threshold on the normalized map.
+        blend_threshold: mask threshold on the normalized map (None: the model's own default from
+            ``promptedit.json`` in its folder, else 0.3; see ``models.defaults``).
         blend_start: fraction of steps after which the blend applies.
         self_replace_max_pixels: self-attention is injected only in layers with at most this many
             pixels (32² in the reference's real-image notebook, 16² in its generated-image one).
         blend_resolution: side of the cross-attention maps the blend reads, as they are at the
             model's native square size (16 for SD at 512 px); at another size the same layers are
-            read, whatever their shape (None: a quarter of the latent's sides, or the smallest maps
-            the down/up paths have if no layer is that small).
+            read, whatever their shape (None: the model's own default from ``promptedit.json``,
+            else a quarter of the latent's sides, or the smallest maps the down/up paths have if
+            no layer is that small).
     """
 
     prompts: list[str]
@@ -72,7 +74,7 @@ class EditSpec:
     reweight: dict[str, float] | None = None
     blend_words: tuple | list | None = None
     blend_subtract_words: tuple | list | None = None
-    blend_threshold: float = 0.3
+    blend_threshold: float | None = None
     blend_start: float = 0.2
     self_replace_max_pixels: int = 32 * 32
     blend_resolution: int | None = None
@@ -107,7 +109,8 @@ class EditSpec:
             self._need_in_some_target(word, "reweight")
         self._check_blend(self.blend_words, "blend_words")
         self._check_blend(self.blend_subtract_words, "blend_subtract_words")
-        limited("blend_threshold", self.blend_threshold, "blend_threshold =", EditSpecError)
+        if self.blend_threshold is not None:
+            limited("blend_threshold", self.blend_threshold, "blend_threshold =", EditSpecError)
         steps_window(self.blend_start, "blend_start")
         check_number(self.self_replace_max_pixels, "self_replace_max_pixels =", low=0, integer=True,
                      hint="the largest layer (in pixels) whose self-attention is injected", error=EditSpecError)

@@ -212,8 +212,9 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-replace", default="0.4", metavar="F|S,E", help="self-attention injection (default 0.4)")
     parser.add_argument("--reweight", action="append", metavar="WORD=SCALE", help="scale a target word's attention (repeatable)")
     parser.add_argument("--blend", action="append", metavar="SRC:TGT", help="local blend: edit only where these words are (repeatable)")
-    parser.add_argument("--blend-threshold", type=number_type("blend_threshold"), default=0.3,
-                        help="local blend mask threshold, strictly between 0 and 1 (default 0.3)")
+    parser.add_argument("--blend-threshold", type=number_type("blend_threshold"), default=None,
+                        help="local blend mask threshold, strictly between 0 and 1 (default: the model's own "
+                             "from promptedit.json in its folder, else 0.3)")
     parser.add_argument("--seed", type=number_type("seed"), default=0, help="random seed, 0…2**64-1 (default 0)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"],

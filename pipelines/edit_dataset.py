@@ -44,7 +44,7 @@ from pipelines.score import check_score_options
 log = logging.getLogger(__name__)
 PROG = "python -m pipelines.edit_dataset"
 DEFAULTS = {"steps": 50, "guidance": 7.5, "mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "reweight": None,
-            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "size": "auto", "blend_threshold": 0.3}
+            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "size": "auto", "blend_threshold": None}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -270,3 +270,30 @@ def test_f_real_photo_edits_keep_the_background(photos):
     values = [record["blend"][k]["background_db"] for k in record["blend"]]
     assert np.mean(values) >= THRESHOLDS["real_background_db"], record
     assert all(record["blend"][k]["changed"] for k in record["blend"]), record
+
+
+def test_edit_uses_the_models_blend_defaults_where_the_spec_gives_none(tmp_path):
+    import shutil
+
+    from editing import EditSpec, build_controller
+    from models.defaults import blend_defaults
+    from models.loading import load_pipeline
+    from models.tiny import tiny_model_dir
+
+    folder = tmp_path / "tiny-with-defaults"
+    shutil.copytree(tiny_model_dir(), folder)
+    (folder / "promptedit.json").write_text(json.dumps({"local_blend": {"map_side": 4, "threshold": 0.45}}))
+    pipe = load_pipeline(str(folder), device="cpu")
+    own = blend_defaults(pipe)
+    assert own == BlendDefaults(4, 0.45)
+    prompts = ["a cat on a mat", "a dog on a mat"]
+    spec = EditSpec(prompts, blend_words=(["cat"], ["dog"]))
+    native = pipe.unet.config.sample_size
+    blend = build_controller(spec, pipe.tokenizer, 10, native_side=native, model_blend=own).blend
+    assert blend.threshold == 0.45 and blend.factor == native // 4
+    # the spec's own values win; without either, SPEC's 0.3 and its choice of maps
+    given = EditSpec(prompts, blend_words=(["cat"], ["dog"]), blend_threshold=0.2, blend_resolution=native)
+    blend = build_controller(given, pipe.tokenizer, 10, native_side=native, model_blend=own).blend
+    assert blend.threshold == 0.2 and blend.factor == 1
+    blend = build_controller(spec, pipe.tokenizer, 10, native_side=native).blend
+    assert blend.threshold == 0.3 and blend.factor is None

@@ -475,7 +475,8 @@ def bench_shapes_claims(model: str = "shapes", seeds: int = 12, photos: int = 6,
     report = {"model": model, "blend": {"map_side": blend[0], "threshold": blend[1],
                                         "from_model": own.map_side is not None or own.threshold is not None},
               "skipped_seeds": generated["skipped_seeds"], "claims": claims, "seconds": seconds,
-              "passed": all(c.get("passed", True) for c in claims.values())}
+              "passed": all(c.get("passed", True) for c in claims.values()),
+              "records": {"generated": generated["records"], "photos": real["records"] if real else []}}
     if keep:
         report["grids"] = save_grids(Path(out), pictures["generated"], pictures["reweight"], pictures["photos"])
         report["out"] = str(out)

@@ -52,7 +52,8 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   fi
 fi
 
-# the quickstart edit: the bundled photo, the tiny offline model, pictures in outputs/quickstart
-"$VPY" -m pipelines.edit_real assets/chelsea.png \
-  --src "a cat sitting on a wooden floor" --tgt "a dog sitting on a wooden floor" \
-  --model tiny --out outputs/quickstart --attention --quiet
+# the quickstart edit: a bundled rendered photo, the shipped shapes model (trained here, offline),
+# pictures in outputs/quickstart
+"$VPY" -m pipelines.edit_real assets/red_circle.png \
+  --src "a red circle on a white background" --tgt "a blue circle on a white background" \
+  --model shapes --out outputs/quickstart --attention --quiet

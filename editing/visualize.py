@@ -7,6 +7,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
+def enlarged(image: Image.Image, minimum: int = 192) -> Image.Image:
+    """``image`` scaled up by a whole factor (nearest pixels) until its longer side is at least
+    ``minimum``, so that a small model's 64-px pictures and their captions can be read; larger
+    images come back as they are."""
+    factor = -(-minimum // max(image.size))
+    return image if factor <= 1 else image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def captioned(image: Image.Image, caption: str, height: int = 18) -> Image.Image:
     """``image`` with ``caption`` written on a white band under it."""
     out = Image.new("RGB", (image.width, image.height + height), "white")

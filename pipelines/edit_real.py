@@ -144,7 +144,7 @@ def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, r
     from PIL import Image
 
     from editing import attention_pictures
-    from editing.visualize import captioned, grid
+    from editing.visualize import captioned, enlarged, grid
 
     result = run.result
     out = staged.out
@@ -152,15 +152,15 @@ def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, r
     tiles, names = [], []
     if run.input_image is not None:
         staged.save_image("input.png", run.input_image)
-        tiles.append(captioned(run.input_image, "input"))
+        tiles.append(captioned(enlarged(run.input_image), "input"))
     first = "reconstruction.png" if reconstruction else "source.png"
     staged.save_image(first, result.images[0])
-    tiles.append(captioned(result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
+    tiles.append(captioned(enlarged(result.images[0]), ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
     for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
         staged.save_image(f"edit_{k}.png", image)
         if original_size and run.original_size is not None:
             staged.save_image(f"edit_{k}_original.png", image.resize(tuple(run.original_size), Image.Resampling.BICUBIC))
-        tiles.append(captioned(image, prompt))
+        tiles.append(captioned(enlarged(image), prompt))
     staged.save_image("grid.png", grid(tiles))
     if result.attention is not None:
         staged.save_image("attention_source.png", attention_pictures(result, 0))

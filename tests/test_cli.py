@@ -153,6 +153,14 @@ def test_readme_quickstart_first_command_runs_verbatim():
     assert "outputs/quickstart" in proc.stdout
     for name in ("input.png", "reconstruction.png", "edit_1.png", "grid.png", "run.json"):
         assert (out / name).is_file(), name
+    # a real edit, not noise: the shapes model reconstructs the photo and makes the circle blue
+    from eval.shapes import detect
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["inversion"]["reconstruction_psnr_db"] >= 30, run["inversion"]
+    with Image.open(out / "edit_1.png") as edited:
+        found = detect(edited)
+    assert [(o.shape, o.colour) for o in found.objects] == [("circle", "blue")] and found.background == "white"
 
 
 def test_out_defaults_to_a_fresh_folder_under_outputs(tmp_path):

@@ -101,7 +101,24 @@ def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.I
     side = min(width, height)
     x0, y0 = (width - side) // 2, (height - side) // 2
     image = image.crop((x0, y0, x0 + side, y0 + side))
-    return image.resize((size, size), Image.Resampling.BICUBIC)
+    out = image.resize((size, size), Image.Resampling.BICUBIC)
+    # where the square came from, for SDXL's size and crop conditions (see ``photo_geometry``);
+    # an image this function already made passes through it unchanged and keeps its own
+    unchanged = (left, right, top, bottom) == (0, 0, 0, 0) and (width, height) == (size, size)
+    if not (unchanged and "original_size" in out.info):
+        scale = size / side
+        out.info["original_size"] = (height + top + bottom, width + left + right)
+        out.info["crop_top_left"] = (round((top + y0) * scale), round((left + x0) * scale))
+    return out
+
+
+def photo_geometry(image: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((height, width) of the photo before cropping, (top, left) of the crop in the resized
+    frame) of an image made by ``load_image``/``square_crop``; an image made elsewhere counts as
+    uncropped: (its own size, (0, 0))."""
+    width, height = image.size
+    return (tuple(image.info.get("original_size", (height, width))),  # type: ignore[return-value]
+            tuple(image.info.get("crop_top_left", (0, 0))))
 
 
 def load_image(

@@ -157,6 +157,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
     from data.images import load_image
     from editing import edit
     from editing.edit import check_prompts
+    from models.codec import tokenizers
     from inversion import invert
     from pipelines.edit_real import RealEdit, write_outputs
     from models.loading import image_size
@@ -167,7 +168,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
         options = job_options(job, given)
         try:
             spec = job_spec(job, options)
-            check_prompts(pipe.tokenizer, spec)
+            check_prompts(tokenizers(pipe), spec)
             crop = options["crop"] if isinstance(options["crop"], str) else tuple(options["crop"])
             image = load_image(job.image, size=image_size(pipe), crop=crop)
             ready.append((job, options, spec, image))

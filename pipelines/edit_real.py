@@ -54,10 +54,11 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
     from data.images import load_image
     from editing import edit
     from editing.edit import check_prompts
+    from models.codec import tokenizers
     from inversion import invert
     from models.loading import image_size
 
-    check_prompts(pipe.tokenizer, spec)  # before the inversion, which is the long part
+    check_prompts(tokenizers(pipe), spec)  # before the inversion, which is the long part
     image = load_image(photo, size=image_size(pipe), crop=crop)
     started = time.perf_counter()
     inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,

@@ -4,7 +4,7 @@
     python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 1] [--inner-steps N] [--json]
     (models: tiny, tiny-xl, and random-weight real architectures sd15, sdxl (512 px), sdxl1024)
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
-    python -m bench pooled [--models tiny-xl] [--steps 20] [--inner-steps 10] [--json]
+    python -m bench pooled [--models tiny-xl] [--steps 50] [--inner-steps 10] [--json]
     python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
 
 Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         from bench.pooled import bench_pooled
 
         for model in models:
-            rows.extend(bench_pooled(model, args.steps if args.steps != 50 else 20, args.inner_steps or 10, device, dtype))
+            rows.extend(bench_pooled(model, args.steps, args.inner_steps or 10, device, dtype))
         print_rows(rows, args.json)
         return
     if args.what == "dataset":

@@ -125,9 +125,9 @@ BENCH_MODELS = ("tiny", "tiny-xl", "sd15", "sdxl", "sdxl1024")
 
 
 def load_bench_model(name: str, device: torch.device, dtype: torch.dtype):
-    """The tiny models ("tiny", "tiny-xl"), or a real architecture with random weights: SD 1.5
+    """The tiny models ("tiny", "tiny-xl"), a real architecture with random weights: SD 1.5
     ("sd15", 512 px), SDXL base 1.0 at 512 px ("sdxl": 64² latents) or at its native 1024 px
-    ("sdxl1024")."""
+    ("sdxl1024"); anything else is loaded with ``load_pipeline`` (real weights)."""
     if name in ("tiny", "tiny-xl"):
         from models.loading import load_pipeline
 
@@ -148,7 +148,12 @@ def load_bench_model(name: str, device: torch.device, dtype: torch.dtype):
             pipe.vae.to(torch.float32)  # as load_pipeline does: SDXL's VAE overflows in fp16
         pipe.scheduler = ddim_scheduler(dict(pipe.scheduler.config))
         return pipe
-    raise SystemExit(f"unknown model {name!r}: use one of {', '.join(BENCH_MODELS)}")
+    from models.loading import ModelLoadError, load_pipeline
+
+    try:  # real weights: a hub id in the local cache or a diffusers folder
+        return load_pipeline(name, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise SystemExit(f"unknown model {name!r}: use one of {', '.join(BENCH_MODELS)}, or a loadable model ({exc})")
 
 
 def median_measure(runs: list[Measure]) -> Measure:

@@ -188,6 +188,21 @@ def test_null_text_reconstructs_better_than_ddim(which, request, tmp_path):
     torch.testing.assert_close(result.latents[:1], reconstruct_latent(pipe, nti), rtol=0, atol=1e-4)
 
 
+def test_batched_sdxl_inversion_keeps_each_photos_conditions():
+    # float64: a batch changes float32 rounding, which guidance amplifies
+    pipe = load_pipeline("tiny-xl", device="cpu", dtype=torch.float64)
+    wide = Image.open(PHOTO).crop((0, 0, 400, 300))
+    kw = dict(num_steps=3, num_inner_steps=2, progress=False)
+    both = invert(pipe, [PHOTO, wide], [PROMPT, "a cat"], **kw)
+    alone = [invert(pipe, PHOTO, PROMPT, **kw), invert(pipe, wide, "a cat", **kw)]
+    assert both[1].time_ids.tolist() == [[300, 400, 0, 21, 128, 128]]
+    for b, a in zip(both, alone):
+        assert torch.equal(b.time_ids, a.time_ids)
+        torch.testing.assert_close(b.null_embeddings, a.null_embeddings, rtol=0, atol=1e-9)
+        torch.testing.assert_close(b.null_pooled, a.null_pooled, rtol=0, atol=1e-9)
+    assert not torch.equal(both[0].null_pooled[0], both[0].null_pooled[-1])  # the pooled one is optimized
+
+
 # ------------------------------------------------------------------ the commands
 def _cli(module, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

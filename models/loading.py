@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +61,9 @@ def ddim_scheduler(config: dict) -> DDIMScheduler:
 
 def _pipeline_class(source: str) -> type[DiffusionPipeline]:
     """The pipeline class a folder or hub id holds, from its model_index.json (SD or SDXL base)."""
-    name = DiffusionPipeline.load_config(source).get("_class_name", "")
+    with warnings.catch_warnings():  # huggingface_hub warns about an argument diffusers passes it
+        warnings.simplefilter("ignore")
+        name = DiffusionPipeline.load_config(source).get("_class_name", "")
     if name == XL_CLASS:
         return StableDiffusionXLPipeline
     if "XL" in name:

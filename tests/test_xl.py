@@ -13,7 +13,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from data.images import load_image
-from editing import EditSpec, build_controller, edit
+from editing import EditSpec, attention_pictures, build_controller, edit
 from editing.align import replacement_mapper, word_token_indices
 from editing.controllers import default_blend_side
 from editing.sampler import denoise
@@ -105,6 +105,12 @@ def test_fp16_runs_the_sdxl_vae_in_float32():
     assert pipe.vae.dtype == torch.float32
 
 
+def test_low_precision_sdxl_keeps_float32_null_embeddings():
+    pipe = load_pipeline("tiny-xl", device="cpu", dtype=torch.bfloat16)  # bf16: runs on a CPU
+    inv = invert(pipe, PHOTO, PROMPT, num_steps=2, num_inner_steps=2, progress=False)
+    assert inv.null_embeddings.dtype == torch.float32 and inv.null_pooled.dtype == torch.float32
+
+
 def test_prompt_length_is_checked_on_both_tokenizers(tiny_xl_pipe, monkeypatch):
     monkeypatch.setattr(tiny_xl_pipe.tokenizer_2, "model_max_length", 5)
     with pytest.raises(EditSpecError, match="limit of 5"):
@@ -169,6 +175,7 @@ def test_local_blend_and_pictures_at_a_quarter_of_the_latent(tiny_xl_pipe, start
     assert torch.equal(final[1][keep], final[0][keep])  # outside the mask the edit is the source
     result = edit(pipe, spec, latents=start, num_steps=STEPS, return_attention=True)
     assert result.attention.shape == (2, 4, 4, 77) and result.attention_side == 4
+    assert attention_pictures(result, 1).width > 128
 
 
 # ------------------------------------------------------------------ null-text inversion

@@ -46,9 +46,11 @@ class Conditioning:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The embedding tensor's dtype."""
         return self.embeds.dtype
 
     def __getitem__(self, index) -> "Conditioning":
+        """Every field indexed alike along the leading axes (``nulls[i]``: step i's input)."""
         return Conditioning(
             self.embeds[index],
             None if self.pooled is None else self.pooled[index],
@@ -65,9 +67,11 @@ class Conditioning:
         return self.map(lambda x: x.to(*args, **kwargs))
 
     def detach(self) -> "Conditioning":
+        """``Tensor.detach`` on every field."""
         return self.map(torch.Tensor.detach)
 
     def cpu(self) -> "Conditioning":
+        """``Tensor.cpu`` on every field."""
         return self.map(torch.Tensor.cpu)
 
 

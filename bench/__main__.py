@@ -2,7 +2,9 @@
 
     python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 3] [--repeats 9] [--json]
     python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 1] [--inner-steps N] [--json]
+    (models: tiny, tiny-xl, and random-weight real architectures sd15, sdxl (512 px), sdxl1024)
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
+    python -m bench pooled [--models tiny-xl] [--steps 50] [--inner-steps 10] [--json]
     python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
     python -m bench shapes --claims [--model shapes] [--seeds 12] [--photos 6] [--reweight-seeds 6] [--out DIR] [--json]
     python -m bench shapes [...]          # both: the gate, then the claims
@@ -27,7 +29,7 @@ from models.loading import pick_device, pick_dtype
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes"])
+    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes", "pooled"])
     parser.add_argument("--gate", action="store_true",
                         help="shapes: the two checks that gate the shipped weights (generation, inversion)")
     parser.add_argument("--claims", action="store_true",
@@ -47,10 +49,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes --claims: local blend threshold (default: the model's own, else 0.3)")
     parser.add_argument("--out", default=None, help="shapes --claims: folder for the example grids")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
-    parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (random-weight SD 1.5)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated: tiny, tiny-xl, sd15 (random-weight SD 1.5), sdxl (random-weight SDXL "
+                             "base at 512 px), sdxl1024 (at its native 1024 px); default tiny,sd15 (pooled: tiny-xl)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps on the tiny model")
     parser.add_argument("--sd15-steps", type=int, default=None,
-                        help="steps on sd15 (default 3 for p2p, the fewest with self-attention injection; 1 for inversion)")
+                        help="steps on sd15/sdxl (default 3 for p2p, the fewest with self-attention injection; 1 for "
+                             "inversion)")
     parser.add_argument("--inner-steps", type=int, default=None,
                         help="null-text Adam steps per DDIM step (default 10 on tiny, 2 on sd15)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -68,25 +73,36 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     rows, costs = [], []
+    models = [m.strip() for m in (args.models or ("tiny-xl" if args.what == "pooled" else "tiny,sd15")).split(",")
+              if m.strip()]
     if args.what == "shapes":
         raise SystemExit(run_shapes(args))
+    if args.what == "pooled":  # SDXL's null-text choice: the pooled unconditional embedding optimized or not
+        from bench.pooled import bench_pooled
+
+        for model in models:
+            rows.extend(bench_pooled(model, args.steps, args.inner_steps or 10, device, dtype))
+        print_rows(rows, args.json)
+        return
     if args.what == "dataset":
         from bench.dataset import bench_dataset
 
         steps = args.steps if args.steps != 50 else 20
         print_rows(bench_dataset(args.jobs, steps, args.inner_steps or 5), args.json)
         return
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for model in models:
         sd15_steps = args.sd15_steps or (3 if args.what == "p2p" else 1)
-        steps = args.steps if model == "tiny" else sd15_steps
-        repeats = (args.repeats or (9 if args.what == "p2p" else 3)) if model == "tiny" else 1
+        tiny = model in ("tiny", "tiny-xl")
+        steps = args.steps if tiny else sd15_steps
+        repeats = (args.repeats or (9 if args.what == "p2p" else 3)) if tiny else 1
         if args.what == "p2p":
             rows.append(bench_p2p(model, steps, repeats, device, dtype))
         else:
             from bench.inversion import bench_inversion
 
-            inner = args.inner_steps if args.inner_steps is not None else (10 if model == "tiny" else 2)
-            methods, cost = bench_inversion(model, steps, device, dtype, inner, repeats)
+            inner = args.inner_steps if args.inner_steps is not None else (10 if tiny else 2)
+            # SDXL's trainable baseline would add 10 GB of weight gradients: measured on the others
+            methods, cost = bench_inversion(model, steps, device, dtype, inner, repeats, baseline=not model.startswith("sdxl"))
             rows.extend(methods)
             costs.append(cost)
         if not args.json:

@@ -19,7 +19,9 @@ from inversion import Inversion, reconstruct_latent
 from inversion.ddim import ddim_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
 from inversion.null_text import null_text_optimization
-from models.codec import encode_image, encode_text
+from inversion.invert import photo_time_ids
+from models.codec import encode_image, encode_null, encode_prompts
+from models.conditioning import Conditioning
 from models.frozen import pipeline_modules
 from models.loading import image_size
 
@@ -33,7 +35,7 @@ class Run:
     """One inversion, stage by stage."""
 
     trajectory: torch.Tensor
-    nulls: torch.Tensor | None
+    nulls: torch.Tensor | Conditioning | None
     ddim: Measure
     optimization: Measure = field(default_factory=Measure)
     forward: int = 0
@@ -115,37 +117,45 @@ def _invert(pipe, inputs, method: str, steps: int, inner_steps: int, device, tra
     return run
 
 
-def _latent_mse(pipe, run: Run, method: str, steps: int) -> float:
+def _embeds(nulls: torch.Tensor | Conditioning) -> torch.Tensor:
+    return nulls.embeds if isinstance(nulls, Conditioning) else nulls
+
+
+def _latent_mse(pipe, run: Run, method: str, steps: int, ids: torch.Tensor | None) -> float:
     """MSE between the guided (w = 7.5) reconstruction from x_T and the photo's latent."""
-    inv = Inversion(run.trajectory.cpu(), None if run.nulls is None else run.nulls.cpu(), PROMPT, method, steps, GUIDANCE)
+    nulls = run.nulls
+    pooled = nulls.pooled.cpu() if isinstance(nulls, Conditioning) else None
+    inv = Inversion(run.trajectory.cpu(), None if nulls is None else _embeds(nulls).cpu(), PROMPT, method, steps, GUIDANCE,
+                    null_pooled=pooled, time_ids=ids)
     return (reconstruct_latent(pipe, inv).float().cpu() - inv.z_0.float()).pow(2).mean().item()
 
 
 def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.dtype, inner_steps: int = 10,
-                    repeats: int = 1) -> tuple[list[dict], dict]:
+                    repeats: int = 1, baseline: bool = True) -> tuple[list[dict], dict]:
     """Every method on ``model``, plus null-text with trainable weights as its baseline.
 
     Null-text frozen and trainable run ``repeats`` times, interleaved (the order alternates), and
-    their ratio is taken per pair. Returns (one row per method, the null-text cost row).
+    their ratio is taken per pair. ``baseline=False`` leaves the trainable run out (on SDXL its
+    weight gradients alone would take 10 GB). Returns (one row per method, the null-text cost row).
     """
     pipe = load_bench_model(model, device, dtype)
-    inputs = (encode_image(pipe, load_image(PHOTO, size=image_size(pipe))), encode_text(pipe, [PROMPT]),
-              encode_text(pipe, [""]))
+    image = load_image(PHOTO, size=image_size(pipe))
+    ids = photo_time_ids(pipe, [image])
+    inputs = (encode_image(pipe, image), encode_prompts(pipe, [PROMPT], ids), encode_null(pipe))
     ddim_inversion(pipe, inputs[0], inputs[1], 1)  # warm-up: first calls pay one-time allocation costs
     if repeats > 1:  # and the first backward; a single run (SD 1.5) saves the time: frozen goes first, paying it
         _invert(pipe, inputs, "null-text", 1, 1, device)
     runs = {m: [_invert(pipe, inputs, m, steps, inner_steps, device)] for m in ("ddim", "negative-prompt")}
     runs["null-text"], runs["trainable"] = [], []
     for k in range(repeats):
-        for trainable in ((False, True) if k % 2 == 0 else (True, False)):
+        for trainable in ((False, True) if k % 2 == 0 else (True, False))[: 2 if baseline else 1]:
             run = _invert(pipe, inputs, "null-text", steps, inner_steps, device, trainable)
             runs["trainable" if trainable else "null-text"].append(run)
     frozen, trainable = runs["null-text"], runs["trainable"]
-    ratios = [f.seconds / t.seconds for f, t in zip(frozen, trainable)]
-    cpu_ratios = [f.cpu_seconds / t.cpu_seconds for f, t in zip(frozen, trainable)]
     rows = []
-    for name, method in (("ddim", "ddim"), ("negative-prompt", "negative-prompt"), ("null-text", "null-text"),
-                         ("trainable", "null-text")):
+    names = (("ddim", "ddim"), ("negative-prompt", "negative-prompt"), ("null-text", "null-text"),
+             ("trainable", "null-text"))
+    for name, method in names[: 4 if baseline else 3]:
         done = runs[name]
         rows.append({
             "model": model,
@@ -157,10 +167,8 @@ def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.d
             "unet_backward": done[0].backward,
             "peak_mb_ddim_step": round(max(r.ddim.peak_mb for r in done), 1),
             "peak_mb_null_text_step": round(max(r.optimization.peak_mb for r in done), 1) if method == "null-text" else "",
-            "latent_mse": float(f"{_latent_mse(pipe, done[0], method, steps):.4g}") if name != "trainable" else "",
+            "latent_mse": float(f"{_latent_mse(pipe, done[0], method, steps, ids):.4g}") if name != "trainable" else "",
         })
-    grads_mb = max(r.weight_grads_mb for r in trainable)
-    saved_mb = max(r.optimization.peak_mb for r in trainable) - max(r.optimization.peak_mb for r in frozen)
     cost = {
         "model": model,
         "steps": steps,
@@ -168,14 +176,22 @@ def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.d
         "repeats": repeats,
         "seconds_per_forward": round(statistics.median(r.ddim.seconds / steps for r in frozen), 4),
         "inner_step_per_forward": spread_text([r.inner_per_forward for r in frozen], 2),
+    }
+    if not baseline:
+        return rows, cost
+    ratios = [f.seconds / t.seconds for f, t in zip(frozen, trainable)]
+    cpu_ratios = [f.cpu_seconds / t.cpu_seconds for f, t in zip(frozen, trainable)]
+    grads_mb = max(r.weight_grads_mb for r in trainable)
+    saved_mb = max(r.optimization.peak_mb for r in trainable) - max(r.optimization.peak_mb for r in frozen)
+    cost.update({
         "inner_step_per_forward_baseline": spread_text([r.inner_per_forward for r in trainable], 2),
         "ratio_to_baseline": spread_text(ratios),
         "ratio_to_baseline_cpu": spread_text(cpu_ratios),
         "weight_grads_mb_baseline": round(grads_mb, 1),
         "peak_mb_saved": round(saved_mb, 1),
-        "nulls_max_diff": float(f"{max((f.nulls - t.nulls).abs().max().item() for f, t in zip(frozen, trainable)):.3g}"),
+        "nulls_max_diff": float(f"{max((_embeds(f.nulls) - _embeds(t.nulls)).abs().max().item() for f, t in zip(frozen, trainable)):.3g}"),
         # targets: the tiny inversion at most 0.75× the baseline (median CPU-time ratio, the one a
         # shared machine leaves stable); on SD 1.5 a peak lower by at least the weight gradients
         "target_met": (spread(cpu_ratios)["median"] <= 0.75) if model == "tiny" else (saved_mb >= grads_mb),
-    }
+    })
     return rows, cost

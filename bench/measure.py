@@ -121,20 +121,39 @@ def measure(device: torch.device):
         out.peak_mb = (max(peak[0], _rss_bytes()) - base) / 2**20
 
 
+BENCH_MODELS = ("tiny", "tiny-xl", "sd15", "sdxl", "sdxl1024")
+
+
 def load_bench_model(name: str, device: torch.device, dtype: torch.dtype):
-    """The tiny model, or SD 1.5's architecture with random weights ("sd15")."""
-    if name == "tiny":
+    """The tiny models ("tiny", "tiny-xl"), a real architecture with random weights: SD 1.5
+    ("sd15", 512 px), SDXL base 1.0 at 512 px ("sdxl": 64² latents) or at its native 1024 px
+    ("sdxl1024"); anything else is loaded with ``load_pipeline`` (real weights)."""
+    if name in ("tiny", "tiny-xl"):
         from models.loading import load_pipeline
 
-        return load_pipeline("tiny", device=device, dtype=dtype)
-    if name == "sd15":
+        return load_pipeline(name, device=device, dtype=dtype)
+    if name in ("sd15", "sdxl", "sdxl1024"):
         from models.loading import ddim_scheduler
-        from models.tiny import build_random_sd15_pipeline
 
-        pipe = build_random_sd15_pipeline(dtype).to(device)
+        if name == "sd15":
+            from models.tiny import build_random_sd15_pipeline
+
+            pipe = build_random_sd15_pipeline(dtype)
+        else:
+            from models.tiny_xl import build_random_sdxl_pipeline
+
+            pipe = build_random_sdxl_pipeline(dtype, sample_size=64 if name == "sdxl" else 128)
+        pipe = pipe.to(device)
+        if name != "sd15" and dtype == torch.float16:
+            pipe.vae.to(torch.float32)  # as load_pipeline does: SDXL's VAE overflows in fp16
         pipe.scheduler = ddim_scheduler(dict(pipe.scheduler.config))
         return pipe
-    raise SystemExit(f"unknown model {name!r}: use tiny or sd15")
+    from models.loading import ModelLoadError, load_pipeline
+
+    try:  # real weights: a hub id in the local cache or a diffusers folder
+        return load_pipeline(name, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise SystemExit(f"unknown model {name!r}: use one of {', '.join(BENCH_MODELS)}, or a loadable model ({exc})")
 
 
 def median_measure(runs: list[Measure]) -> Measure:

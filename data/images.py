@@ -129,7 +129,43 @@ def cut_offsets(image: Image.Image, crop: Crop = "center") -> Image.Image:
             f"crop offsets (left={left}, right={right}, top={top}, bottom={bottom}) leave nothing of a "
             f"{width}×{height} image. Use smaller offsets."
         )
-    return image.crop((left, top, width - right, height - bottom))
+    return _cropped(image, (left, top, width - right, height - bottom))
+
+
+def _region(image: Image.Image) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+    """((height, width) of the photo an image came from, (top, left, height, width) of the part
+    of that photo it shows, in the photo's pixels); an image made elsewhere is a whole photo."""
+    if "promptedit_region" in image.info:
+        return image.info["promptedit_original"], image.info["promptedit_region"]
+    return (image.height, image.width), (0.0, 0.0, float(image.height), float(image.width))
+
+
+def _keep_region(image: Image.Image, original: tuple[int, int], region: tuple[float, float, float, float]) -> Image.Image:
+    image.info["promptedit_original"] = tuple(original)
+    image.info["promptedit_region"] = tuple(region)
+    return image
+
+
+def _cropped(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """``image.crop(box)`` that remembers which part of the original photo it shows."""
+    original, (top, left, h, w) = _region(image)
+    sy, sx = h / image.height, w / image.width
+    x0, y0, x1, y1 = box
+    return _keep_region(image.crop(box), original, (top + y0 * sy, left + x0 * sx, (y1 - y0) * sy, (x1 - x0) * sx))
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` resized (bicubic) to ``size`` = (W, H), still knowing where it came from."""
+    original, region = _region(image)
+    return _keep_region(image.resize(size, Image.Resampling.BICUBIC), original, region)
+
+
+def photo_geometry(image: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
+    """SDXL's size and crop conditions for an image made by ``load_image``: ((height, width) of the
+    photo before any cropping, (top, left) of the cut in the image's own pixel frame); an image
+    made elsewhere counts as a whole photo: (its own size, (0, 0))."""
+    original, (top, left, h, w) = _region(image)
+    return (int(original[0]), int(original[1])), (round(top * image.height / h), round(left * image.width / w))
 
 
 def crop_to_ratio(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -138,17 +174,16 @@ def crop_to_ratio(image: Image.Image, width: int, height: int) -> Image.Image:
     if w * height > h * width:  # too wide: trim the sides
         keep = max(1, round(h * width / height))
         x0 = (w - keep) // 2
-        return image.crop((x0, 0, x0 + keep, h))
+        return _cropped(image, (x0, 0, x0 + keep, h))
     keep = max(1, round(w * height / width))
     y0 = (h - keep) // 2
-    return image.crop((0, y0, w, y0 + keep))
+    return _cropped(image, (0, y0, w, y0 + keep))
 
 
 def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.Image:
     """Cut ``crop``'s offsets (left, right, top, bottom) off the borders, centre-crop to a square
     and resize to ``size``×``size`` (bicubic), as the reference implementation's ``load_512`` does."""
-    image = crop_to_ratio(cut_offsets(image, crop), 1, 1)
-    return image.resize((size, size), Image.Resampling.BICUBIC)
+    return _resized(crop_to_ratio(cut_offsets(image, crop), 1, 1), (size, size))
 
 
 def fit_size(width: int, height: int, area: int, step: int, tolerance: float = AREA_TOLERANCE) -> tuple[int, int]:
@@ -230,7 +265,9 @@ def load_image(
     width, height = (size, size) if isinstance(size, int) else size
     if not keep_ratio:
         rgb = crop_to_ratio(rgb, width, height)
-    return rgb.resize((width, height), Image.Resampling.BICUBIC)
+    if rgb.size == (width, height):
+        return rgb
+    return _resized(rgb, (width, height))
 
 
 def load_photo(path: str | Path | Image.Image, crop: Crop = "center", max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -23,7 +23,9 @@ from editing.controllers import (
 )
 from editing.sampler import denoise
 from editing.spec import EditSpec, EditSpecError
-from models.codec import PromptError, check_prompt, decode_latents, encode_text
+from models.codec import (PromptError, check_prompt, decode_latents, encode_null, encode_prompts, is_xl, time_ids,
+                          tokenizers)
+from models.conditioning import Conditioning
 from models.defaults import BlendDefaults, blend_defaults
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,9 @@ def _blend_factor(resolution: int | None, native_side: int | None) -> int | None
 
 
 def check_prompts(tokenizer, spec: EditSpec) -> None:
-    """Raise EditSpecError if a prompt of ``spec`` is longer than the text encoder takes."""
+    """Raise EditSpecError if a prompt of ``spec`` is longer than the text encoder takes.
+
+    ``tokenizer``: one tokenizer or a list (``models.codec.tokenizers(pipe)``: SDXL's two)."""
     for k, prompt in enumerate(spec.prompts):
         try:
             check_prompt(tokenizer, prompt, "source prompt" if k == 0 else f"target prompt {k}")
@@ -191,7 +195,7 @@ def edit(
     pipe,
     spec: EditSpec,
     latents: torch.Tensor | None = None,
-    null_embeddings: torch.Tensor | None = None,
+    null_embeddings: torch.Tensor | Conditioning | None = None,
     generator: torch.Generator | None = None,
     num_steps: int | None = None,
     guidance_scale: float | None = None,
@@ -210,10 +214,13 @@ def edit(
             divides; else drawn from ``generator`` at ``size``.
         size: (W, H) in pixels of an image drawn from noise (default the model's native square).
         null_embeddings: [T, 1, 77, d] one unconditional embedding per step (null-text
-            inversion), or None for the empty prompt's embedding.
+            inversion; on SDXL a ``Conditioning`` with pooled [T, 1, p]), or None for the empty
+            prompt's embedding (SDXL: what diffusers uses for an empty negative prompt).
         num_steps: DDIM steps T (default 50, or the inversion's).
         guidance_scale: w (default 7.5, or the inversion's).
-        inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T) and its null embeddings.
+        inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T), its null embeddings
+            and, on SDXL, the photo's size and crop conditions (its time ids; without an
+            inversion they are the model's native size, uncropped).
         return_attention: keep the averaged cross-attention maps in ``result.attention``.
         on_step: called after each denoising step with (steps done, num_steps); it may raise to
             stop the edit between steps (cooperative cancellation).
@@ -224,7 +231,8 @@ def edit(
     Raises:
         EditSpecError: a prompt is over 77 tokens or the inputs disagree; raised before denoising.
     """
-    check_prompts(pipe.tokenizer, spec)
+    check_prompts(tokenizers(pipe), spec)
+    ids = None
     if inversion is not None:
         if latents is not None or null_embeddings is not None:
             raise EditSpecError("pass either inversion= or latents=/null_embeddings=, not both")
@@ -238,7 +246,7 @@ def edit(
             log.warning("editing at guidance %s an inversion optimized for %s: the source will not reconstruct well",
                         guidance_scale, inversion.guidance_scale)
         guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
-        latents, null_embeddings = inversion.x_T, inversion.null_embeddings
+        latents, null_embeddings, ids = inversion.x_T, inversion.nulls, inversion.time_ids
         if inversion.prompt != spec.prompts[0]:
             log.warning("the source prompt %r differs from the inversion's prompt %r", spec.prompts[0], inversion.prompt)
     num_steps = limited("steps", 50 if num_steps is None else num_steps, "num_steps =", EditSpecError)
@@ -251,13 +259,16 @@ def edit(
         h, w = (native, native) if size is None else (size[1] // scale, size[0] // scale)
         latents = torch.randn((1, pipe.unet.config.in_channels, h, w), generator=generator, dtype=torch.float32)
     latent_hw = (int(latents.shape[-2]), int(latents.shape[-1]))
+    if ids is None and is_xl(pipe):  # a generated image: SDXL is told its own size, uncropped
+        pixels = (latent_hw[0] * pipe.vae_scale_factor, latent_hw[1] * pipe.vae_scale_factor)
+        ids = time_ids(pixels, (0, 0), pixels)
     model_blend = blend_defaults(pipe)
     controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention,
                                   latent_hw=latent_hw, native_side=native, model_blend=model_blend)
 
     started = time.perf_counter()
-    cond = encode_text(pipe, spec.prompts)
-    uncond = null_embeddings if null_embeddings is not None else encode_text(pipe, [""])
+    cond = encode_prompts(pipe, spec.prompts, ids)
+    uncond = null_embeddings if null_embeddings is not None else encode_null(pipe)
     final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress, on_step)
     denoised = time.perf_counter()
     images = decode_latents(pipe, final)

@@ -13,14 +13,15 @@ from tqdm.auto import tqdm
 
 from editing.controllers import Controller
 from editing.processor import controlled_attention
+from models.conditioning import Conditioning
 from models.guidance import guided_noise
 
 
 @torch.no_grad()
 def denoise(
     pipe,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: torch.Tensor | Conditioning,
+    uncond: torch.Tensor | Conditioning,
     latents: torch.Tensor,
     controller: Controller | None,
     num_steps: int,
@@ -31,9 +32,11 @@ def denoise(
     """Run ``num_steps`` DDIM steps on B rows at once.
 
     Args:
-        cond: conditional text embeddings [B, 77, d].
+        cond: conditional text embeddings [B, 77, d] (SDXL: a ``Conditioning`` with pooled
+            [B, p] and time ids [B, 6]).
         uncond: unconditional embeddings, [1, 77, d] for every step or [T, 1, 77, d] one per step
-            (null-text inversion's), shared by every row.
+            (null-text inversion's), shared by every row (SDXL: a ``Conditioning``, pooled
+            [1, p] or [T, 1, p]).
         latents: starting latent [1, 4, h, w] (shared by every row) or [B, 4, h, w].
         controller: attention controller, or None.
         on_step: called after each step with (steps done, num_steps); it may raise to stop the

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from models.conditioning import Conditioning, unet_output
+
 
 def alpha_bar(scheduler, t: int | torch.Tensor) -> torch.Tensor:
     """ᾱ_t, with ``final_alpha_cumprod`` for a negative timestep (the step past the last one)."""
@@ -49,14 +51,14 @@ def ddim_next(scheduler, eps: torch.Tensor, t: int | torch.Tensor, sample: torch
 
 @torch.no_grad()
 def ddim_inversion(
-    pipe, latent: torch.Tensor, cond: torch.Tensor, num_steps: int, progress: bool = False,
+    pipe, latent: torch.Tensor, cond: torch.Tensor | Conditioning, num_steps: int, progress: bool = False,
     on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Invert latents with DDIM at guidance 1 (conditional prediction only).
 
     Args:
         latent: z_0 [N, 4, h, w], the photos' VAE latents.
-        cond: the source prompts' embeddings [N, 77, d].
+        cond: the source prompts' embeddings [N, 77, d] (a ``Conditioning`` on SDXL).
         on_step: called after each step with (steps done, num_steps); it may raise to stop the
             inversion between steps (cooperative cancellation).
 
@@ -69,7 +71,7 @@ def ddim_inversion(
     cond = cond.to(z.device, z.dtype)
     trajectory = [z]
     for i, t in enumerate(tqdm(scheduler.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False)):
-        out = pipe.unet(z, t, encoder_hidden_states=cond).sample
+        out = unet_output(pipe.unet, z, t, cond)
         z = ddim_next(scheduler, predicted_noise(scheduler, out, t, z), t, z)
         trajectory.append(z)
         if on_step is not None:

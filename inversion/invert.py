@@ -12,13 +12,23 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data.images import Crop, SizeRequest, image_hash, load_image, load_photo
+from data.images import Crop, SizeRequest, image_hash, load_image, load_photo, photo_geometry
 from data.numbers import limited
 from inversion.ddim import ddim_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
-from inversion.null_text import InversionError, null_text_optimization
+from inversion.null_text import OPTIMIZE_POOLED, InversionError, null_text_optimization
 from inversion.result import Inversion, cache_key, cache_path, load_cached
-from models.codec import PromptError, check_prompt, decode_latents, encode_image, encode_text
+from models.codec import (
+    PromptError,
+    check_prompt,
+    decode_latents,
+    encode_image,
+    encode_null,
+    encode_prompts,
+    is_xl,
+    time_ids,
+    tokenizers,
+)
 from models.guidance import guided_noise
 from models.loading import working_size
 
@@ -53,6 +63,18 @@ class _UnetCounter:
         self._handle.remove()
 
 
+def photo_time_ids(pipe, images: list[Image.Image]) -> torch.Tensor | None:
+    """SDXL's added conditions from the photos, [N, 6]: each photo's size before cropping, where
+    its square was cut (in the resized frame) and the model's size; None for SD 1.x/2.x."""
+    if not is_xl(pipe):
+        return None
+    ids = []
+    for image in images:
+        original, crop = photo_geometry(image)
+        ids.append(time_ids(original, crop, (image.height, image.width)))
+    return torch.cat(ids)
+
+
 def _stage(on_step, stage: str):
     """``on_step`` bound to one stage's name, or None."""
     return None if on_step is None else (lambda done, total: on_step(stage, done, total))
@@ -63,7 +85,8 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
     timings = {}
     started = time.perf_counter()
     latent = torch.cat([encode_image(pipe, im) for im in images])
-    cond = encode_text(pipe, prompts)
+    ids = photo_time_ids(pipe, images)
+    cond = encode_prompts(pipe, prompts, ids)
     timings["encode"] = time.perf_counter() - started
     counter = _UnetCounter(pipe.unet)
     try:
@@ -76,7 +99,7 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
         started = time.perf_counter()
         if method == "null-text":
             nulls, per_item = null_text_optimization(
-                pipe, trajectory, cond, encode_text(pipe, [""]), num_steps, guidance_scale,
+                pipe, trajectory, cond, encode_null(pipe), num_steps, guidance_scale,
                 num_inner_steps, early_stop_epsilon, progress=progress, counts=counts,
                 on_step=_stage(on_step, "null-text"),
             )
@@ -88,6 +111,9 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
         forward = counter.calls
     finally:
         counter.close()
+    pooled = None
+    if nulls is not None and not isinstance(nulls, torch.Tensor):  # SDXL's Conditioning
+        nulls, pooled = nulls.embeds, nulls.pooled
     results = []
     for k in range(len(images)):
         stats = {
@@ -111,6 +137,8 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
                 model_id=str(pipe.name_or_path),
                 image_hash=image_hash(images[k]),
                 stats=stats,
+                null_pooled=None if pooled is None else pooled[:, k : k + 1].cpu(),
+                time_ids=None if ids is None else ids[k : k + 1].cpu(),
             )
         )
     return results
@@ -172,16 +200,21 @@ def invert(
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt, or one per image")
     for p in prompts:
-        check_prompt(pipe.tokenizer, p, "source prompt")
+        check_prompt(tokenizers(pipe), p, "source prompt")
     images = [load_photo(im, crop=crop) for im in images]
     sizes = [working_size(pipe, im.size, im.size if size is None else size) for im in images]
     images = [load_image(im, size=wh, keep_ratio=size == "auto") for im, wh in zip(images, sizes)]
     params = dict(num_steps=num_steps, guidance_scale=guidance_scale)
     if method == "null-text":
         params.update(num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon)
+        if is_xl(pipe):
+            params.update(optimize_pooled=OPTIMIZE_POOLED)
 
     results: list[Inversion | None] = [None] * len(images)
-    keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)}) for im, p in zip(images, prompts)]
+    # on SDXL the photo's size and crop condition the model: part of what was inverted
+    keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)} if not is_xl(pipe)
+                 else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()})
+            for im, p in zip(images, prompts)]
     if cache_dir is not None:
         for k, key in enumerate(keys):
             results[k] = load_cached(cache_dir, key)
@@ -209,12 +242,12 @@ def invert(
 def reconstruct_latent(pipe, inv: Inversion, progress: bool = False) -> torch.Tensor:
     """The source branch alone: guided DDIM sampling from ``inv.x_T`` with its null embeddings
     (the empty prompt's for "ddim"). Returns the final latent [1, 4, h, w]."""
-    cond = encode_text(pipe, [inv.prompt])
-    nulls = inv.null_embeddings
+    cond = encode_prompts(pipe, [inv.prompt], inv.time_ids)
+    nulls = inv.nulls
     scheduler = pipe.scheduler
     scheduler.set_timesteps(inv.num_steps, device=pipe.device)
     z = inv.x_T.to(pipe.device, pipe.unet.dtype)
-    empty = encode_text(pipe, [""]) if nulls is None else None
+    empty = encode_null(pipe) if nulls is None else None
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="reconstruction", disable=not progress, leave=False)):
         noise = guided_noise(pipe, z, t, cond, empty if nulls is None else nulls[i], inv.guidance_scale)
         z = scheduler.step(noise, t, z, eta=0.0).prev_sample

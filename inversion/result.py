@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from models.conditioning import Conditioning
+
 log = logging.getLogger(__name__)
 
 # Bump when the inversion's numbers change, so that older cache files are not reused.
@@ -38,6 +40,9 @@ class Inversion:
         image_hash: SHA-256 of the preprocessed image.
         stats: seconds per stage, UNet forward/backward counts, per-step losses, the working
             size [W, H] in pixels.
+        null_pooled: SDXL: the per-step pooled unconditional embeddings [T, 1, p], else None.
+        time_ids: SDXL: the photo's added conditions [1, 6] (original h, w, crop top, left,
+            target h, w) the inversion was made with, which an edit must use too; else None.
     """
 
     trajectory: torch.Tensor
@@ -49,6 +54,16 @@ class Inversion:
     model_id: str = ""
     image_hash: str = ""
     stats: dict = field(default_factory=dict)
+    null_pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    @property
+    def nulls(self) -> torch.Tensor | Conditioning | None:
+        """The per-step unconditional input as ``edit`` takes it: null_embeddings [T, 1, 77, d],
+        on SDXL a ``Conditioning`` with the pooled ones too; None for plain DDIM."""
+        if self.null_embeddings is None or self.null_pooled is None:
+            return self.null_embeddings
+        return Conditioning(self.null_embeddings, self.null_pooled)
 
     @property
     def x_T(self) -> torch.Tensor:
@@ -77,8 +92,9 @@ class Inversion:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"trajectory": self.trajectory.detach().cpu().contiguous()}
-        if self.null_embeddings is not None:
-            tensors["null_embeddings"] = self.null_embeddings.detach().cpu().contiguous()
+        for name in ("null_embeddings", "null_pooled", "time_ids"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name).detach().cpu().contiguous()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -100,13 +116,15 @@ class Inversion:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["inversion"])
                 trajectory = f.get_tensor("trajectory")
-                nulls = f.get_tensor("null_embeddings") if "null_embeddings" in f.keys() else None
+                nulls, pooled, ids = (f.get_tensor(k) if k in f.keys() else None
+                                      for k in ("null_embeddings", "null_pooled", "time_ids"))
         except Exception as exc:  # safetensors raises several kinds for a damaged file
             raise InversionCacheError(f"{path}: not a readable inversion file ({type(exc).__name__}: {exc})") from None
         if meta.get("format") != FORMAT_VERSION:
             raise InversionCacheError(f"{path}: written by another version of this code (format {meta.get('format')})")
         steps = int(meta["num_steps"])
-        if trajectory.shape[0] != steps + 1 or (nulls is not None and nulls.shape[0] != steps):
+        if (trajectory.shape[0] != steps + 1 or (nulls is not None and nulls.shape[0] != steps)
+                or (pooled is not None and pooled.shape[0] != steps)):
             raise InversionCacheError(f"{path}: tensor shapes do not match {steps} steps")
         return cls(
             trajectory=trajectory,
@@ -118,6 +136,8 @@ class Inversion:
             model_id=meta["model_id"],
             image_hash=meta["image_hash"],
             stats=meta.get("stats", {}),
+            null_pooled=pooled,
+            time_ids=ids,
         )
 
 

@@ -1,4 +1,10 @@
-"""Moving between the user's world and the model's: prompts → embeddings, images ↔ latents."""
+"""Moving between the user's world and the model's: prompts → embeddings, images ↔ latents.
+
+SD 1.x/2.x prompts become one tensor (``encode_text``); SDXL prompts become a ``Conditioning``
+(``encode_prompts``): both text encoders' penultimate hidden states concatenated, the second
+encoder's pooled embedding, and the time ids, built as diffusers' ``StableDiffusionXLPipeline``
+builds them.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,38 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.conditioning import Conditioning
+
 
 class PromptError(ValueError):
     """A prompt cannot be used as given; the message says how to fix it."""
 
 
 def check_prompt(tokenizer, prompt: str, what: str = "prompt") -> None:
-    """Raise PromptError if ``prompt`` is empty or longer than the text encoder's 77 tokens."""
+    """Raise PromptError if ``prompt`` is empty or longer than the text encoder's 77 tokens.
+
+    ``tokenizer`` may be a list of tokenizers (SDXL's two, from ``tokenizers``): the prompt must
+    fit each of them."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError(f"the {what} is empty: describe the image in words")
-    count = len(tokenizer(prompt, add_special_tokens=True).input_ids)
-    limit = tokenizer.model_max_length
-    if count > limit:
-        raise PromptError(
-            f"the {what} '{prompt[:60]}…' is {count} tokens long, over the limit of {limit} "
-            f"(start and end tokens included): shorten it by about {count - limit} tokens"
-        )
+    for tok in tokenizer if isinstance(tokenizer, (list, tuple)) else [tokenizer]:
+        count = len(tok(prompt, add_special_tokens=True).input_ids)
+        limit = tok.model_max_length
+        if count > limit:
+            raise PromptError(
+                f"the {what} '{prompt[:60]}…' is {count} tokens long, over the limit of {limit} "
+                f"(start and end tokens included): shorten it by about {count - limit} tokens"
+            )
+
+
+def is_xl(pipe) -> bool:
+    """Whether ``pipe`` is an SDXL pipeline (two text encoders, pooled embeddings, time ids)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def tokenizers(pipe) -> list:
+    """The pipeline's tokenizers: SD's one, or SDXL's two (a prompt must fit both)."""
+    return [pipe.tokenizer, pipe.tokenizer_2] if is_xl(pipe) else [pipe.tokenizer]
 
 
 @torch.no_grad()
@@ -34,6 +56,74 @@ def encode_text(pipe, prompts: list[str]) -> torch.Tensor:
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     return pipe.text_encoder(ids.to(pipe.device))[0].to(pipe.unet.dtype)
+
+
+def _token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def _encode_xl(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text embeddings [B, 77, d1 + d2] (penultimate hidden states of both encoders,
+    concatenated) and pooled embeddings [B, p] (the second encoder's projected output)."""
+    hidden = []
+    pooled = None
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        out = encoder(_token_ids(tokenizer, prompts).to(encoder.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [B, p]
+            pooled = out[0]
+    if pooled is None:
+        raise ValueError("SDXL's second text encoder gave no pooled embedding: it must be a CLIPTextModelWithProjection")
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:
+    """SDXL's added time ids [1, 6]: (original h, w, crop top, left, target h, w) in pixels."""
+    return torch.tensor([[*original_size, *crop_top_left, *target_size]], dtype=torch.float32)
+
+
+def native_time_ids(pipe) -> torch.Tensor:
+    """The time ids diffusers uses for a generated image of the model's native size: [1, 6]."""
+    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return time_ids((side, side), (0, 0), (side, side))
+
+
+def check_time_ids(pipe, ids: torch.Tensor) -> None:
+    """Raise ValueError unless ``ids`` [.., 6] and the pooled size fill the UNet's added
+    embedding (a model config that does not fit diffusers' SDXL conditioning)."""
+    expected = pipe.unet.add_embedding.linear_1.in_features
+    given = pipe.unet.config.addition_time_embed_dim * ids.shape[-1] + pipe.text_encoder_2.config.projection_dim
+    if expected != given:
+        raise ValueError(f"the UNet expects an added embedding of {expected} values, the time ids and pooled "
+                         f"embedding give {given}: the model's config does not fit SDXL's conditioning")
+
+
+def encode_prompts(pipe, prompts: list[str], ids: torch.Tensor | None = None) -> torch.Tensor | Conditioning:
+    """The conditional input for ``prompts``: ``encode_text`` on SD 1.x/2.x; on SDXL a
+    ``Conditioning`` with embeds [B, 77, 2048], pooled [B, 1280] and time ids [B, 6] (``ids``
+    [1 or B, 6], default ``native_time_ids``), in the UNet's dtype (time ids in float32)."""
+    if not is_xl(pipe):
+        return encode_text(pipe, prompts)
+    embeds, pooled = _encode_xl(pipe, prompts)
+    ids = native_time_ids(pipe) if ids is None else ids.float()
+    check_time_ids(pipe, ids)
+    dtype = pipe.unet.dtype
+    return Conditioning(embeds.to(dtype), pooled.to(dtype), ids.to(pipe.device).expand(len(prompts), -1))
+
+
+def encode_null(pipe) -> torch.Tensor | Conditioning:
+    """The unconditional input of one row: the empty prompt's embedding [1, 77, d] on SD; on
+    SDXL what diffusers uses for an empty negative prompt, a ``Conditioning`` (embeds
+    [1, 77, 2048], pooled [1, 1280], no time ids: it takes the conditional rows'), all zeros when
+    the pipeline's config says ``force_zeros_for_empty_prompt``."""
+    if not is_xl(pipe):
+        return encode_text(pipe, [""])
+    embeds, pooled = _encode_xl(pipe, [""])
+    if pipe.config.get("force_zeros_for_empty_prompt", True):  # diffusers' default
+        embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    return Conditioning(embeds.to(pipe.unet.dtype), pooled.to(pipe.unet.dtype))
 
 
 @torch.no_grad()

@@ -1,15 +1,18 @@
-"""Loading Stable Diffusion: a hub id, a local diffusers folder, or the offline ``tiny`` model."""
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, or an offline model (``tiny``,
+``tiny-xl``, ``tiny-v``). SD 1.x/2.x load as a ``StableDiffusionPipeline``, SDXL base as a
+``StableDiffusionXLPipeline`` (the folder's model_index.json says which)."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from data.images import resolve_size
-from models.tiny import SCHEDULER_CONFIG, tiny_model_dir
+from models.tiny import SCHEDULER_CONFIG, TINY_V_VERSION, TINY_VERSION, build_tiny_pipeline, build_tiny_v_pipeline, tiny_model_dir
 from models.tokenizer import check_tokenizer
 
 log = logging.getLogger(__name__)
@@ -17,6 +20,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Models that ship inside the package: name → diffusers folder.
 SHIPPED_MODELS = {"shapes": Path(__file__).parent / "shapes"}
+# Offline models built from configs with random weights on first use: name → (cache folder, builder).
+OFFLINE_MODELS = {"tiny": (TINY_VERSION, build_tiny_pipeline), "tiny-v": (TINY_V_VERSION, build_tiny_v_pipeline)}
+XL_CLASS = "StableDiffusionXLPipeline"
 
 
 class ModelLoadError(RuntimeError):
@@ -54,11 +60,25 @@ def ddim_scheduler(config: dict) -> DDIMScheduler:
     return DDIMScheduler(**SCHEDULER_CONFIG, prediction_type=config.get("prediction_type", "epsilon"))
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, what: str) -> StableDiffusionPipeline:
+def _pipeline_class(source: str) -> type[DiffusionPipeline]:
+    """The pipeline class a folder or hub id holds, from its model_index.json (SD or SDXL base)."""
+    with warnings.catch_warnings():  # huggingface_hub warns about an argument diffusers passes it
+        warnings.simplefilter("ignore")
+        name = DiffusionPipeline.load_config(source).get("_class_name", "")
+    if name == XL_CLASS:
+        return StableDiffusionXLPipeline
+    if "XL" in name:
+        raise ValueError(f"it is a {name}; only the SDXL base pipeline ({XL_CLASS}) is supported, not the refiner "
+                         "or other SDXL variants")
+    return StableDiffusionPipeline
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, what: str) -> DiffusionPipeline:
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        cls = _pipeline_class(source)
+        extra = (dict(add_watermarker=False) if cls is StableDiffusionXLPipeline
+                 else dict(safety_checker=None, requires_safety_checker=False))
+        return cls.from_pretrained(source, dtype=dtype, **extra)
     except Exception as exc:  # huggingface_hub / OSError / ValueError: all mean "not loadable"
         hint = (
             f"Download it first (`huggingface-cli download {source}` on a machine with network "
@@ -66,7 +86,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, what: str) -> StableDiffus
             "offline test model."
             if what == "hub id"
             else "Point --model at a folder written by `save_pretrained` (it has model_index.json, "
-            "unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
+            "unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/)."
         )
         raise ModelLoadError(f"could not load the Stable Diffusion model {what} '{source}': "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. {hint}") from None
@@ -76,17 +96,20 @@ def load_pipeline(
     model: str | Path = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-) -> StableDiffusionPipeline:
+) -> DiffusionPipeline:
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
-        model: a hub id (v1.4, v1.5, 2.x), a local diffusers folder, "tiny" (offline test model
-            with random weights) or "shapes" (the shipped model trained on the shapes world).
+        model: a hub id (v1.4, v1.5, 2.x, SDXL base 1.0), a local diffusers folder, an offline
+            test model with random weights ("tiny"; "tiny-xl", SDXL-shaped; "tiny-v",
+            v-prediction) or "shapes" (the shipped model trained on the shapes world).
         device: where to run; default cuda > mps > cpu.
         dtype: default float16 on CUDA, float32 elsewhere.
 
     Returns:
-        A StableDiffusionPipeline with SPEC.md's DDIM scheduler and no safety checker, in eval mode.
+        A StableDiffusionPipeline (a StableDiffusionXLPipeline for SDXL) with SPEC.md's DDIM
+        scheduler and no safety checker, in eval mode. Under float16 an SDXL VAE runs in float32
+        (it overflows in float16; its config says ``force_upcast``).
 
     Raises:
         ModelLoadError: the model is not in the local cache (offline), not on the hub, or the folder
@@ -95,8 +118,12 @@ def load_pipeline(
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     name = str(model)
-    if name == "tiny":
-        pipe = _from_pretrained(str(tiny_model_dir()), dtype, "folder")
+    if name in OFFLINE_MODELS:
+        pipe = _from_pretrained(str(tiny_model_dir(*OFFLINE_MODELS[name])), dtype, "folder")
+    elif name == "tiny-xl":
+        from models.tiny_xl import TINY_XL_VERSION, build_tiny_xl_pipeline
+
+        pipe = _from_pretrained(str(tiny_model_dir(TINY_XL_VERSION, build_tiny_xl_pipeline)), dtype, "folder")
     elif name in SHIPPED_MODELS:
         folder = SHIPPED_MODELS[name]
         if not (folder / "model_index.json").is_file():
@@ -116,8 +143,11 @@ def load_pipeline(
         pipe = _from_pretrained(str(folder), dtype, "folder")
     else:
         pipe = _from_pretrained(name, dtype, "hub id")
+    xl = isinstance(pipe, StableDiffusionXLPipeline)
     try:
         check_tokenizer(pipe.tokenizer, name)
+        if xl:
+            check_tokenizer(pipe.tokenizer_2, f"{name} (tokenizer_2)")
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
     pipe.scheduler = ddim_scheduler(dict(pipe.scheduler.config))
@@ -125,12 +155,16 @@ def load_pipeline(
     pipe.unet.eval()
     pipe.vae.eval()
     pipe.text_encoder.eval()
+    if xl:
+        pipe.text_encoder_2.eval()
     pipe = pipe.to(device)
+    if xl and dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)
     log.info("loaded %s on %s in %s", name, device, dtype)
     return pipe
 
 
-def image_size(pipe: StableDiffusionPipeline) -> int:
+def image_size(pipe: DiffusionPipeline) -> int:
     """The model's native image size in pixels: UNet sample size × VAE downsampling factor."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 

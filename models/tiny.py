@@ -13,9 +13,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from models.tokenizer import build_clip_tokenizer
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Bump when anything below changes, so that a stale cached build is never reused.
 TINY_VERSION = "tiny-sd-v2"
+TINY_V_VERSION = "tiny-v-v1"
 CACHE_ENV = "PROMPTEDIT_CACHE_DIR"
 SEED = 0
 
@@ -118,20 +120,23 @@ def cache_root() -> Path:
     return Path(base) / "promptedit"
 
 
-def tiny_model_dir() -> Path:
-    """Return the folder holding the saved tiny pipeline, building it there on first use.
+def tiny_model_dir(version: str = TINY_VERSION, build: Callable[[], DiffusionPipeline] | None = None) -> Path:
+    """Return the folder holding a saved offline model, building it there on first use.
 
-    The build is written to a temporary folder and renamed into place, so concurrent processes
-    (accelerate workers) never see a half-written model.
+    ``version`` names the folder in the cache (``TINY_VERSION`` and ``build_tiny_pipeline`` by
+    default; ``tiny-xl`` and ``tiny-v`` pass theirs). The build is written to a temporary folder
+    and renamed into place, so concurrent processes (accelerate workers) never see a half-written
+    model.
     """
-    target = cache_root() / TINY_VERSION
+    build = build_tiny_pipeline if build is None else build
+    target = cache_root() / version
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the tiny test model in %s", target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=target.parent))
+    log.info("building the offline test model %s in %s", version, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
     try:
-        build_tiny_pipeline().save_pretrained(tmp)
+        build().save_pretrained(tmp)
         try:
             os.replace(tmp, target)
         except OSError:
@@ -140,6 +145,14 @@ def tiny_model_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_tiny_v_pipeline() -> StableDiffusionPipeline:
+    """The tiny model as a v-prediction model (SD 2.x at 768 px is one): the same weights, its
+    scheduler's ``prediction_type`` set to "v_prediction". For the v-prediction code paths."""
+    pipe = build_tiny_pipeline()
+    pipe.scheduler = DDIMScheduler(**SCHEDULER_CONFIG, prediction_type="v_prediction")
+    return pipe
 
 
 def build_random_sd15_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:

@@ -51,8 +51,11 @@ def build_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
-    """SD v1's CLIP tokenizer (49,408 tokens, padding to 77), built from the vendored BPE file."""
+def build_clip_tokenizer(pad_token: str = END_TOKEN) -> CLIPTokenizer:
+    """SD v1's CLIP tokenizer (49,408 tokens, padding to 77), built from the vendored BPE file.
+
+    ``pad_token``: the end token (SD, SDXL's first tokenizer) or "!" (SDXL's second one, as
+    open_clip pads with id 0)."""
     vocab, merges = build_vocab_and_merges()
     tokenizer = CLIPTokenizer(
         vocab=vocab,
@@ -61,7 +64,7 @@ def build_clip_tokenizer() -> CLIPTokenizer:
         bos_token=START_TOKEN,
         eos_token=END_TOKEN,
         unk_token=END_TOKEN,
-        pad_token=END_TOKEN,
+        pad_token=pad_token,
     )
     check_tokenizer(tokenizer, str(BPE_FILE))
     return tokenizer

@@ -121,6 +121,7 @@ class EditSession:
         from data.images import ImageInputError
         from editing import EditSpec, edit
         from editing.edit import check_prompts
+        from models.codec import tokenizers
         from inversion import invert
         from pipelines.edit_real import prepare_photo
 
@@ -128,7 +129,7 @@ class EditSession:
         spec = EditSpec(prompts=[request.source.strip(), *request.targets], mode=request.mode,
                         cross_replace_steps=request.cross_replace, self_replace_steps=request.self_replace,
                         reweight=request.reweight, blend_words=request.blend)
-        check_prompts(self.pipe.tokenizer, spec)
+        check_prompts(tokenizers(self.pipe), spec)
         steps, inner = _whole(request.steps, "Steps"), _whole(request.inner_steps, "Inner steps")
         seed = _whole(request.seed, "Seed")
         try:

@@ -166,6 +166,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
     from data.images import parse_size
     from editing import edit
     from editing.edit import check_prompts
+    from models.codec import tokenizers
     from inversion import invert
     from pipelines.edit_real import RealEdit, prepare_photo, write_outputs
 
@@ -175,7 +176,7 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
         options = job_options(job, given)
         try:
             spec = job_spec(job, options)
-            check_prompts(pipe.tokenizer, spec)
+            check_prompts(tokenizers(pipe), spec)
             crop = options["crop"] if isinstance(options["crop"], str) else tuple(options["crop"])
             image, shown = prepare_photo(pipe, job.image, parse_size(options["size"], "size"), crop)
             ready.append((job, options, spec, image, shown))

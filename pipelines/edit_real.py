@@ -79,9 +79,10 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
     working size ``size`` asks for (see ``prepare_photo``)."""
     from editing import edit
     from editing.edit import check_prompts
+    from models.codec import tokenizers
     from inversion import invert
 
-    check_prompts(pipe.tokenizer, spec)  # before the inversion, which is the long part
+    check_prompts(tokenizers(pipe), spec)  # before the inversion, which is the long part
     image, shown = prepare_photo(pipe, photo, size, crop)
     started = time.perf_counter()
     inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,

@@ -46,3 +46,15 @@ def metric_models(tmp_path_factory):
                              image_size=32, patch_size=8), add_pooling_layer=False)
     vit.save_pretrained(root / "dino")
     return {"clip": str(root / "clip"), "dino": str(root / "dino")}
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_pipe():
+    """The SDXL-shaped tiny pipeline in float32 on the CPU (tests must not modify its weights)."""
+    return load_pipeline("tiny-xl", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_pipe():
+    """The v-prediction tiny pipeline in float32 on the CPU."""
+    return load_pipeline("tiny-v", device="cpu")

@@ -65,6 +65,8 @@ PHOTO_SEEDS = range(500, 600)
 METHODS = ("null-text", "negative-prompt", "ddim")
 # Local blend settings measured by --blend-sweep (thresholds on the normalized map).
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+# (e): the reweighting curve must span at least this fraction of the property's value at ×1
+REWEIGHT_MOVES = 0.05
 
 
 # ---------------------------------------------------------------- cases
@@ -267,8 +269,11 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
                 pictures.append([captioned(_big(by_scale[name][s]), f"{word} ×{s:g}") for s in SCALES])
     means = {name: [round(statistics.mean(c[i] for c in values), 4) for i in range(len(SCALES))]
              for name, values in curves.items() if values}
+    one = SCALES.index(1.0)
     return {"scales": list(SCALES), "cases": len(curves["area"]), "skipped_seeds": skipped, "mean": means,
             "monotonic": {name: is_monotonic(m) for name, m in means.items()},
+            # a flat curve is monotonic too: the fader must also move the property, by ≥ REWEIGHT_MOVES of its ×1 value
+            "moves": {name: bool(max(m) - min(m) >= REWEIGHT_MOVES * abs(m[one])) for name, m in means.items()},
             "monotonic_cases": {name: sum(is_monotonic(c) for c in values) / len(values)
                                 for name, values in curves.items() if values}}
 
@@ -402,7 +407,7 @@ def summarize(generated: dict, reweight: dict | None, photos: dict | None, blend
         claims["g_attention"] = {"cases": len(g), "iou": _mean([r["attention_iou"] for r in g]),
                                  "map_side": g[0]["attention_side"]}
     if reweight is not None and reweight.get("mean"):
-        claims["e_reweight"] = dict(reweight, passed=all(reweight["monotonic"].values()))
+        claims["e_reweight"] = dict(reweight, passed=all(reweight["monotonic"].values()) and all(reweight["moves"].values()))
     if photos is not None and photos["records"]:
         p = photos["records"]
         methods = [m for m in METHODS if m in p[0]]
@@ -571,7 +576,8 @@ def print_claims(report: dict) -> str:
         e = c["e_reweight"]
         for name, curve in e["mean"].items():
             lines.append(f"(e) reweight {name}: " + ", ".join(f"×{s:g} {v}" for s, v in zip(e["scales"], curve))
-                         + f"  monotonic {e['monotonic'][name]} (per case {e['monotonic_cases'][name]:.0%})")
+                         + f"  monotonic {e['monotonic'][name]} (per case {e['monotonic_cases'][name]:.0%}), "
+                         f"moves ≥ {REWEIGHT_MOVES:.0%}: {e['moves'][name]}")
         lines.append(f"(e) reweighting: {_pf(e['passed'])}")
     if "f_real" in c:
         f = c["f_real"]
@@ -579,7 +585,8 @@ def print_claims(report: dict) -> str:
             lines.append(f"(f) {m:15s} reconstruction {s['reconstruction_db']} dB, background {s['background_db']} dB, "
                          + ", ".join(f"{k} {s[k]['changed']:.0%}/IoU {s[k]['iou']:.2f}" for k in SWAPS))
         lines.append(f"(f) null-text + local blend: background {f['blend']['background_db']} dB, changed "
-                     f"{f['blend']['changed']:.0%} (≥ {t['real_background_db']} dB): {_pf(f['passed'])}")
+                     f"{f['blend']['changed']:.0%}; (f) needs (b)'s thresholds on photos and a background ≥ "
+                     f"{t['real_background_db']} dB: {_pf(f['passed'])}")
     if "g_attention" in c:
         g = c["g_attention"]
         lines.append(f"(g) attention ({g['map_side']}×{g['map_side']} maps): IoU {g['iou']} generated"

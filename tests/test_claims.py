@@ -253,6 +253,10 @@ def _passes(summary: dict) -> list[str]:
     return [f"{kind}: {s}" for kind, s in summary.items() if kind in SWAPS and not s["passed"]]
 
 
+@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (2026-12-02): P2P keeps the layout "
+                   "better than no control but below the issue's IoU thresholds (colour 0.57, background 0.72 on "
+                   "generations; 0.49-0.61 on photos) because its words' attention is not localized; "
+                   "docs/benchmarks.md. Strict: remove the mark when a model passes.")
 def test_b_word_swaps_keep_the_layout_and_make_the_change(generated, photos):
     from bench.claims import summarize_swaps
 

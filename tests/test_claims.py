@@ -269,6 +269,10 @@ def test_d_local_blend_keeps_the_background(generated):
     assert np.mean(values) >= THRESHOLDS["blend_psnr_db"], values
 
 
+@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (2026-12-02): on rendered scene 500 "
+                   "(a big green circle on black) the blended shape swap's background reads 5.6 dB and the colour "
+                   "swap's 43.1 dB, mean 24.3 against 28 dB; (b)'s layout thresholds, which (f) includes, fail too "
+                   "(docs/benchmarks.md). Strict: remove the mark when a model passes.")
 def test_f_real_photo_edits_keep_the_background(photos):
     record = photos["records"][0]
     values = [record["blend"][k]["background_db"] for k in record["blend"]]

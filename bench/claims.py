@@ -39,7 +39,7 @@ from editing.align import word_token_indices
 from editing.controllers import PromptToPromptController, reweight_edit
 from editing.edit import build_controller
 from editing.sampler import denoise
-from editing.visualize import captioned, grid, heatmap
+from editing.visualize import captioned, enlarged, grid, heatmap
 from eval.claims import (
     THRESHOLDS,
     Source,
@@ -52,6 +52,7 @@ from eval.claims import (
 )
 from eval.metrics import psnr
 from eval.shapes import detect
+from inversion import METHODS
 from models.codec import decode_latents, encode_text
 from models.defaults import blend_defaults
 
@@ -62,7 +63,6 @@ SCALES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0)
 # Generated cases take their noise from these seeds; photos are the gate's scenes (500, 501, …).
 GENERATED_SEEDS = range(20_000, 20_200)
 PHOTO_SEEDS = range(500, 600)
-METHODS = ("null-text", "negative-prompt", "ddim")
 # Local blend settings measured by --blend-sweep (thresholds on the normalized map).
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 # (e): the reweighting curve must span at least this fraction of the property's value at ×1
@@ -138,10 +138,6 @@ def _word_map(result, row: int, prompt: str, word: str, tokenizer) -> torch.Tens
     return result.attention[row][..., tokens].float().mean(-1)
 
 
-def _big(image: Image.Image, side: int = 128) -> Image.Image:
-    return image.resize((side, side), Image.NEAREST)
-
-
 # ---------------------------------------------------------------- generated cases: (b), (c), (d), (g)
 def model_blend(pipe, side: int | None = None, threshold: float | None = None) -> tuple[int | None, float]:
     """(map side, threshold) of the local blend: the ones given, else the model's own
@@ -199,15 +195,15 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
         if pictures is not None and parts == "bcdg":
             word_map = _word_map(p2p, 0, case.prompt, case.shape, pipe.tokenizer).numpy()
             pictures.append({
-                "swap": [captioned(_big(im), t) for im, t in zip(
+                "swap": [captioned(enlarged(im, 128), t) for im, t in zip(
                     [p2p.images[0], *p2p.images[1:], *plain.images[:3]],
                     ["source", "P2P colour", "P2P shape", "P2P background", "plain colour", "plain shape", "plain bg"])],
-                "refine": [captioned(_big(im), t) for im, t in zip(
+                "refine": [captioned(enlarged(im, 128), t) for im, t in zip(
                     [p2p.images[0], refine.images[1], plain.images[3]], ["source", "P2P refine", "plain"])],
-                "blend": [captioned(_big(im), t) for im, t in zip(blended.images, ["source", "blend colour", "blend shape"])],
-                "attention": [captioned(_big(p2p.images[0]), case.shape),
+                "blend": [captioned(enlarged(im, 128), t) for im, t in zip(blended.images, ["source", "blend colour", "blend shape"])],
+                "attention": [captioned(enlarged(p2p.images[0], 128), case.shape),
                               captioned(heatmap(word_map, p2p.images[0], 128), "map"),
-                              captioned(_big(Image.fromarray(np.uint8(attention_mask(word_map, source.mask.shape)) * 255)),
+                              captioned(enlarged(Image.fromarray(np.uint8(attention_mask(word_map, source.mask.shape)) * 255), 128),
                                         "half max")],
             })
     return {"records": records, "skipped_seeds": skipped}
@@ -266,7 +262,7 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
                                else 0.0 for s in SCALES])
         if pictures is not None:
             for name, word in (("saturation", case.colour), ("area", "big")):
-                pictures.append([captioned(_big(by_scale[name][s]), f"{word} ×{s:g}") for s in SCALES])
+                pictures.append([captioned(enlarged(by_scale[name][s], 128), f"{word} ×{s:g}") for s in SCALES])
     means = {name: [round(statistics.mean(c[i] for c in values), 4) for i in range(len(SCALES))]
              for name, values in curves.items() if values}
     one = SCALES.index(1.0)
@@ -302,7 +298,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
         prompts = swap_prompts(scene.caption, {"colour": obj.colour, "shape": obj.shape,
                                                "background": scene.background}, targets)
         record = {"seed": PHOTO_SEEDS[i], "prompt": scene.caption, "targets": targets}
-        row_pictures = [captioned(_big(scene.image), "photo")]
+        row_pictures = [captioned(enlarged(scene.image, 128), "photo")]
         for method in methods:
             inv = inversions[method][i]
             result = edit(pipe, EditSpec([scene.caption, *prompts.values()], mode="replace"), inversion=inv,
@@ -310,7 +306,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
             record[method] = {k: judge_swap(k, targets[k], source, result.images[1 + j], reference=scene.image)
                               for j, k in enumerate(SWAPS)}
             record[method]["reconstruction_db"] = psnr(np.asarray(scene.image), np.asarray(result.images[0]))
-            row_pictures += [captioned(_big(im), f"{method[:4]} {t}") for im, t in
+            row_pictures += [captioned(enlarged(im, 128), f"{method[:4]} {t}") for im, t in
                              zip(result.images, ["rec", *SWAPS])]
             if method != "null-text":
                 continue
@@ -322,7 +318,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
                              guidance_scale=inv.guidance_scale)
                 record["plain"] = {k: judge_swap(k, targets[k], source, plain.images[j], reference=scene.image)
                                    for j, k in enumerate(SWAPS)}
-                row_pictures += [captioned(_big(im), t) for im, t in
+                row_pictures += [captioned(enlarged(im, 128), t) for im, t in
                                  zip(plain.images, ["plain colour", "plain shape", "plain bg"])]
             blended = edit(pipe, EditSpec([scene.caption, prompts["colour"], prompts["shape"]], mode="replace",
                                           blend_words=[[obj.colour, obj.shape], [targets["colour"], obj.shape],
@@ -330,7 +326,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
                                           blend_resolution=blend[0], blend_threshold=blend[1]), inversion=inv)
             record["blend"] = {k: judge_swap(k, targets[k], source, blended.images[1 + j], reference=scene.image)
                                for j, k in enumerate(("colour", "shape"))}
-            row_pictures += [captioned(_big(im), t) for im, t in zip(blended.images[1:], ["blend colour", "blend shape"])]
+            row_pictures += [captioned(enlarged(im, 128), t) for im, t in zip(blended.images[1:], ["blend colour", "blend shape"])]
         records.append(record)
         log.info("photo %s (%s) done", PHOTO_SEEDS[i], scene.caption)
         if pictures is not None:

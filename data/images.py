@@ -180,12 +180,6 @@ def crop_to_ratio(image: Image.Image, width: int, height: int) -> Image.Image:
     return _cropped(image, (0, y0, w, y0 + keep))
 
 
-def square_crop(image: Image.Image, size: int, crop: Crop = "center") -> Image.Image:
-    """Cut ``crop``'s offsets (left, right, top, bottom) off the borders, centre-crop to a square
-    and resize to ``size``×``size`` (bicubic), as the reference implementation's ``load_512`` does."""
-    return _resized(crop_to_ratio(cut_offsets(image, crop), 1, 1), (size, size))
-
-
 def fit_size(width: int, height: int, area: int, step: int, tolerance: float = AREA_TOLERANCE) -> tuple[int, int]:
     """The working size (W, H) for a ``width``×``height`` photo: both sides multiples of ``step``,
     the area within a factor ``tolerance`` of ``area`` (the model's native area, 512² for SD 1.x),

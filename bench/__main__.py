@@ -1,6 +1,6 @@
 """Speed and memory figures, each against a baseline measured in the same run.
 
-    python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 3] [--repeats 9] [--json]
+    python -m bench p2p [--models tiny,sd15] [--steps 50] [--sd15-steps 3] [--repeats 40] [--processes 8] [--json]
     python -m bench inversion [--models tiny,sd15] [--steps 50] [--sd15-steps 1] [--inner-steps N] [--json]
     (models: tiny, tiny-xl, and random-weight real architectures sd15, sdxl (512 px), sdxl1024)
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inner-steps", type=int, default=None,
                         help="null-text Adam steps per DDIM step (default 10 on tiny, 2 on sd15)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="interleaved runs per measurement on tiny (default 9 for p2p, 3 for inversion)")
+                        help="interleaved runs per measurement on tiny (default 40 for p2p, 3 for inversion)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="p2p on tiny: fresh processes the pairs are spread over (default 8; see bench/p2p.py)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="fp32 (CPU default), fp16 (CUDA default), bf16")
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         sd15_steps = args.sd15_steps or (3 if args.what == "p2p" else 1)
         tiny = model in ("tiny", "tiny-xl")
         steps = args.steps if tiny else sd15_steps
-        repeats = (args.repeats or (9 if args.what == "p2p" else 3)) if tiny else 1
+        repeats = (args.repeats or (40 if args.what == "p2p" else 3)) if tiny else 1
         if args.what == "p2p":
-            rows.append(bench_p2p(model, steps, repeats, device, dtype))
+            rows.append(bench_p2p(model, steps, repeats, device, dtype, (args.processes or 8) if tiny else 1))
         else:
             from bench.inversion import bench_inversion
 

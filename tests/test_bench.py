@@ -5,7 +5,7 @@ import torch
 
 from bench.inversion import bench_inversion
 from bench.measure import measure, spread, spread_text
-from bench.p2p import bench_p2p
+from bench.p2p import bench_p2p, spread_pairs
 
 CPU = torch.device("cpu")
 
@@ -37,3 +37,12 @@ def test_inversion_keeps_the_trainable_baseline():
 def test_p2p_refuses_too_few_steps_for_self_attention_injection():
     with pytest.raises(SystemExit, match="at least 3 steps"):
         bench_p2p("tiny", 2, 1, CPU, torch.float32)
+
+
+def test_p2p_pairs_spread_over_fresh_processes():
+    row = bench_p2p("tiny", 3, 3, CPU, torch.float32, processes=2)
+    assert row["repeats"] == 3 and row["processes"] == 2
+    assert row["ratio_cpu_min"] <= row["ratio_cpu"] <= row["ratio_cpu_max"]
+    assert row["seconds_edit"] > 0 and row["seconds_plain"] > 0
+    plain, edited = spread_pairs("tiny", 3, 3, CPU, torch.float32, processes=5)  # more processes than pairs
+    assert len(plain) == len(edited) == 3 and all(m.cpu_seconds > 0 for m in plain + edited)

@@ -32,6 +32,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from data.shapes import IMAGE_SIZE, random_scene
+from models.grounding import grounding_loss, install, scene_targets
 from models.tiny import SCHEDULER_CONFIG, assemble_pipeline, cache_root
 from models.tokenizer import build_clip_tokenizer
 
@@ -90,23 +91,51 @@ class TrainConfig:
     p_uncond: float = 0.1
     ema_decay: float = 0.999
     kl_weight: float = 1e-6
+    # 0 keeps every word in its own token (embedding + position only): Prompt-to-Prompt needs a
+    # word's attention map to be where the word is drawn, and 2 causal layers spread each word
+    # over the tokens after it (docs/benchmarks.md, #14)
+    text_layers: int = 2
+    # a trained shapes model folder whose VAE, UNet and token embeddings start the run; its VAE
+    # is kept as it is, so the VAE phase is skipped
+    init_from: str | None = None
+    # weight of the token grounding loss (models/grounding.py); 0: none
+    grounding_weight: float = 0.0
 
     def key(self) -> str:
         """A short hash naming this config's checkpoint folder. The step counts are left out, so a
-        run can be resumed with more (or fewer) steps than it started with."""
+        run can be resumed with more (or fewer) steps than it started with, and so are fields at
+        the defaults they had before they existed, so older runs keep their folder."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("vae_steps", "unet_steps")}
+        for name, before in (("text_layers", 2), ("init_from", None), ("grounding_weight", 0.0)):
+            if fields[name] == before:
+                del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_models(seed: int) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
-    """Freshly initialised VAE, UNet and text encoder (seeded)."""
+def build_models(seed: int, text_layers: int = 2) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
+    """Freshly initialised VAE, UNet and text encoder (seeded), the encoder with ``text_layers``
+    transformer layers."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     torch.manual_seed(seed + 2)
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    text = CLIPTextModel(CLIPTextConfig(**{**TEXT_CONFIG, "num_hidden_layers": text_layers}))
     return vae, unet, text
+
+
+def load_init(vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTextModel, folder: str | Path) -> None:
+    """Copy a trained shapes model's VAE and UNet into ``vae`` and ``unet`` and its token and
+    position embeddings into ``text`` (its transformer layers, if any, are left out)."""
+    folder = Path(folder)
+    trained = {
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
+    }
+    vae.load_state_dict(trained["vae"].state_dict())
+    unet.load_state_dict(trained["unet"].state_dict())
+    source = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    text.embeddings.load_state_dict(source.embeddings.state_dict())
 
 
 def default_checkpoint_dir(config: TrainConfig) -> Path:
@@ -212,9 +241,12 @@ def train(
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(config))
     ckpt_path = checkpoint_dir / "state.pt"
-    vae, unet, text = build_models(config.seed)
+    vae, unet, text = build_models(config.seed, config.text_layers)
     tokenizer = build_clip_tokenizer()
     state = TrainState("vae", 0, {}, {}, {}, None, None, None, {"vae": [], "unet": []}, 0.0)
+    if config.init_from:
+        load_init(vae, unet, text, config.init_from)
+        state.phase = "unet"
     if resume and ckpt_path.is_file():
         state = TrainState(**torch.load(ckpt_path, weights_only=False))
         vae.load_state_dict(state.vae)
@@ -224,7 +256,8 @@ def train(
         log.info("resumed from %s at %s step %d", ckpt_path, state.phase, state.step)
     started = time.perf_counter() - state.seconds
     last_save = time.perf_counter()
-    done_total = (state.step if state.phase == "vae" else config.vae_steps + state.step)
+    vae_steps = 0 if config.init_from else config.vae_steps
+    done_total = (state.step if state.phase == "vae" else vae_steps + state.step)
 
     def save(optimizer, ema) -> None:
         state.vae, state.unet, state.text = vae.state_dict(), unet.state_dict(), text.state_dict()
@@ -291,6 +324,16 @@ def train(
             captions_cache[i] = random_scene(TRAIN_SEED_OFFSET + i).caption
         return captions_cache[i]
 
+    grounding = None
+    if config.grounding_weight > 0:
+        plain_processors = unet.attn_processors
+        grounding = install(unet)
+
+    def targets(indices: list[int], dropped: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        found = [scene_targets(random_scene(TRAIN_SEED_OFFSET + i), tokenizer) for i in indices]
+        used = torch.stack([t.used & (not d) for t, d in zip(found, dropped)])
+        return torch.stack([t.regions for t in found]), used
+
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=SCHEDULER_CONFIG["beta_start"],
                                     beta_end=SCHEDULER_CONFIG["beta_end"], beta_schedule="scaled_linear",
                                     prediction_type="epsilon")
@@ -320,8 +363,15 @@ def train(
         cond = text(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
+        total = loss
+        if grounding is not None:
+            regions, used = targets(index.tolist(), drop.tolist())
+            ground = grounding_loss(grounding.maps, regions, used)
+            grounding.maps.clear()
+            total = loss + config.grounding_weight * ground
+            state.losses.setdefault("grounding", []).append(round(float(ground.detach()), 6))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         _ema_update(ema, models, min(config.ema_decay, (1 + state.step) / (10 + state.step)))
@@ -334,16 +384,20 @@ def train(
             save(optimizer, ema)
             last_save = time.perf_counter()
     save(optimizer, ema)
+    if grounding is not None:
+        unet.set_attn_processor(plain_processors)
 
     _load_ema(ema, models)
     export(out, vae, unet, text, scaling)
     return {
         "finished": True,
-        "vae_steps": config.vae_steps,
+        "vae_steps": vae_steps,
         "unet_steps": config.unet_steps,
         "seconds": round(time.perf_counter() - started, 1),
         "final_vae_mse": float(np.mean(state.losses["vae"][-100:])) if state.losses["vae"] else None,
         "final_unet_loss": float(np.mean(state.losses["unet"][-100:])),
+        "final_grounding_loss": (float(np.mean(state.losses["grounding"][-100:]))
+                                 if state.losses.get("grounding") else None),
         "scaling_factor": scaling,
         "config": asdict(config),
         "losses": state.losses,

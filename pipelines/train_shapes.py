@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", default=None, help="UNet + text encoder steps (default 6000)")
     parser.add_argument("--batch-size", default=None, help="scenes per step (default 32)")
     parser.add_argument("--latent-scenes", default=None, help="scenes encoded once for the UNet phase (default 10000)")
+    parser.add_argument("--text-layers", default=None,
+                        help="transformer layers of the text encoder (default 2; 0 keeps each word in its token)")
+    parser.add_argument("--init-from", default=None,
+                        help="a trained shapes model folder to start from: its VAE is kept, its UNet fine-tuned")
+    parser.add_argument("--grounding-weight", default=None,
+                        help="weight of the token grounding loss: each word's attention on its object (default 0)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
@@ -46,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {name: _count(getattr(args, name), f"--{name.replace('_', '-')}")
                      for name in ("vae_steps", "unet_steps", "batch_size", "latent_scenes") if getattr(args, name) is not None}
         seed = _count(args.seed, "--seed", low=0)
+        if args.text_layers is not None:
+            overrides["text_layers"] = _count(args.text_layers, "--text-layers", low=0)
+        if args.grounding_weight is not None:
+            overrides["grounding_weight"] = parse_number(args.grounding_weight, "--grounding-weight", low=0, high=1e4,
+                                                         hint="a loss weight such as 0.1", error=UsageError)
+        if args.init_from is not None:
+            init = Path(args.init_from).expanduser()
+            if not (init / "unet" / "config.json").is_file() or not (init / "vae" / "config.json").is_file():
+                raise UsageError(f"--init-from {args.init_from}: not a shapes model folder (no unet/ and vae/ "
+                                 "configs there); give a folder written by this command, such as models/shapes")
+            overrides["init_from"] = str(init.resolve())
         minutes = parse_number(args.checkpoint_minutes, "--checkpoint-minutes", low=0.05, high=10**4,
                                hint="minutes between checkpoints", error=UsageError)
         threads = _count(args.threads, "--threads") if args.threads is not None else None

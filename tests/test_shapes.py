@@ -118,6 +118,9 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
     (["--batch-size", "-3"], "--batch-size"),
     (["--checkpoint-minutes", "inf"], "--checkpoint-minutes"),
     (["--seed", "1.5"], "--seed"),
+    (["--text-layers", "-1"], "--text-layers"),
+    (["--grounding-weight", "heavy"], "--grounding-weight"),
+    (["--init-from", "/nonexistent/shapes"], "--init-from"),
 ])
 def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):
     from pipelines.train_shapes import main

@@ -1,0 +1,127 @@
+"""A token grounding loss for training the shapes model: each object word's cross-attention should
+fall on its object, the background words' on the background.
+
+Stable Diffusion's word maps are localized because of its data's scale; Prompt-to-Prompt relies on
+that (a word's map is where the word is drawn). A 64-pixel model trained on one or two shapes
+learns the layout without it: its UNet can read "red" from anywhere. The loss here (the token term
+of TokenCompose, Wang et al. 2024: one minus the share of a token's attention mass inside its
+region, squared) teaches the property the paper assumes, from the renderer's masks.
+
+``GroundingProcessor`` is a diffusers attention processor for the cross-attention layers that
+computes the maps explicitly and keeps them, with their graph, for the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.shapes import Scene
+
+
+class GroundingProcessor:
+    """Plain attention (softmax(QKᵀ/√d)·V) that appends each call's maps, averaged over heads
+    ([B, HW, tokens]), to ``self.maps``; the caller clears it after each step."""
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        batch = hidden_states.shape[0]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        self.maps.append(probs.view(batch, -1, *probs.shape[1:]).mean(1))
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def install(unet) -> GroundingProcessor:
+    """Put one shared ``GroundingProcessor`` on every cross-attention layer of ``unet`` (self-attention
+    keeps its own processor). Returns it."""
+    grounding = GroundingProcessor()
+    unet.set_attn_processor({name: grounding if name.endswith("attn2.processor") else proc
+                             for name, proc in unet.attn_processors.items()})
+    return grounding
+
+
+@dataclass
+class Targets:
+    """Where a caption's words should look: ``regions`` [77, 64, 64] float (a token's region, zero
+    for tokens left free) and ``used`` [77] bool."""
+
+    regions: torch.Tensor
+    used: torch.Tensor
+
+
+def word_tokens(caption: str, tokenizer) -> list[tuple[str, list[int]]]:
+    """Each word of ``caption`` with its token positions in the padded prompt (position 0 is the
+    start token)."""
+    out, position = [], 1
+    for word in caption.split():
+        count = len(tokenizer(word, add_special_tokens=False).input_ids)
+        out.append((word, list(range(position, position + count))))
+        position += count
+    return out
+
+
+def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
+    """The regions of a scene's caption words: size, colour and shape words → their object's mask
+    (objects in caption order, left to right); the background colour and "background" → every
+    pixel no object covers. Articles, "and", "on" and padding are left free."""
+    side = scene.masks[0].shape[0] if scene.masks else scene.image.size[0]
+    regions = torch.zeros(length, side, side)
+    used = torch.zeros(length, dtype=torch.bool)
+    ordered = sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].center[0])
+    anything = np.zeros((side, side), bool)
+    for m in scene.masks:
+        anything |= m
+    background = torch.from_numpy(~anything).float()
+    obj, after_on = 0, False
+    for word, positions in word_tokens(scene.caption, tokenizer):
+        if word == "and":
+            obj += 1
+            continue
+        if word == "on":
+            after_on = True
+            continue
+        if word == "a" or positions[-1] >= length:
+            continue
+        region = background if after_on else torch.from_numpy(scene.masks[ordered[obj]]).float()
+        for p in positions:
+            regions[p], used[p] = region, True
+    return Targets(regions, used)
+
+
+def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """Mean over layers and grounded tokens of (1 − share of the token's attention inside its region)².
+
+    Args:
+        maps: cross-attention maps per layer, each [B, h·w, tokens] (h = w).
+        regions: [B, tokens, H, W] target regions at pixel resolution, pooled to each layer's side.
+        used: [B, tokens] bool, the tokens to ground (a dropped caption has none).
+
+    Returns:
+        A scalar (zero when no token is grounded).
+    """
+    if not used.any():
+        return maps[0].sum() * 0
+    weight = used.float()
+    losses = []
+    for probs in maps:
+        side = int(round(probs.shape[1] ** 0.5))
+        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)  # [B, tokens, h·w]
+        mass = probs.transpose(1, 2)  # [B, tokens, h·w]
+        share = (mass * pooled).sum(-1) / mass.sum(-1).clamp_min(1e-8)
+        losses.append((((1 - share) ** 2) * weight).sum() / weight.sum())
+    return torch.stack(losses).mean()

@@ -1,0 +1,99 @@
+"""The token grounding loss the shapes model is trained with: which words look where, the processor
+that keeps the maps (and changes nothing else), the loss's bounds, and a fine-tuning run using it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data.shapes import ShapeObject, render
+from models.grounding import GroundingProcessor, grounding_loss, install, scene_targets, word_tokens
+from models.tokenizer import build_clip_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_clip_tokenizer()
+
+
+def two_objects():
+    return render([ShapeObject("circle", "red", "small", (0.7, 0.3)), ShapeObject("square", "blue", "big", (0.3, 0.65))],
+                  "white")
+
+
+def test_words_look_at_their_object_and_the_background_words_at_the_rest(tokenizer):
+    scene = two_objects()
+    assert scene.caption == "a big blue square and a small red circle on a white background"
+    targets = scene_targets(scene, tokenizer)
+    positions = dict((w, p) for w, p in word_tokens(scene.caption, tokenizer))
+    square, circle = (torch.from_numpy(m).float() for m in scene.masks[::-1])  # caption: left to right
+    for word in ("big", "blue", "square"):
+        assert torch.equal(targets.regions[positions[word][0]], square), word
+    for word in ("small", "red", "circle"):
+        assert torch.equal(targets.regions[positions[word][0]], circle), word
+    rest = 1 - torch.clamp(square + circle, max=1)
+    for word in ("white", "background"):
+        assert torch.equal(targets.regions[positions[word][0]], rest), word
+    grounded = {p for w, ps in word_tokens(scene.caption, tokenizer) if w not in ("a", "and", "on") for p in ps}
+    assert set(torch.nonzero(targets.used).flatten().tolist()) == grounded
+    assert targets.regions[0].sum() == 0 and targets.regions[-1].sum() == 0  # start token, padding
+
+
+def test_the_processor_keeps_the_maps_and_changes_no_output():
+    from models.loading import load_pipeline
+
+    unet = load_pipeline("tiny", device="cpu").unet
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 16, 16)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        before = unet(sample, 10, encoder_hidden_states=context).sample
+        grounding = install(unet)
+        after = unet(sample, 10, encoder_hidden_states=context).sample
+    assert (after - before).abs().max() < 1e-5
+    crossed = sum(name.endswith("attn2.processor") for name in unet.attn_processors)
+    assert len(grounding.maps) == crossed > 0
+    for probs in grounding.maps:
+        assert probs.shape[0] == 2 and probs.shape[2] == 77
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    assert all(isinstance(p, GroundingProcessor) == n.endswith("attn2.processor") for n, p in unet.attn_processors.items())
+
+
+def test_loss_is_zero_inside_one_outside_and_none_without_words():
+    regions = torch.zeros(1, 3, 8, 8)
+    regions[0, 1, :4] = 1  # token 1 looks at the top half
+    used = torch.tensor([[False, True, False]])
+    inside = torch.zeros(1, 64, 3)
+    inside[0, :32, 1] = 1 / 32
+    inside[0, :, 0] = 1 / 64
+    outside = torch.zeros(1, 64, 3)
+    outside[0, 32:, 1] = 1 / 32
+    assert grounding_loss([inside], regions, used).item() == pytest.approx(0.0, abs=1e-6)
+    assert grounding_loss([outside], regions, used).item() == pytest.approx(1.0, abs=1e-6)
+    half = (inside + outside) / 2
+    assert grounding_loss([half, inside], regions, used).item() == pytest.approx((0.25 + 0) / 2, abs=1e-6)
+    assert grounding_loss([half], regions, torch.zeros_like(used)).item() == 0.0
+    maps = half.clone().requires_grad_(True)
+    grounding_loss([maps], regions, used).backward()
+    assert maps.grad[0, 40, 1] > 0 > maps.grad[0, 10, 1]  # mass outside is penalised, inside rewarded
+
+
+def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
+    from models.loading import load_pipeline
+    from models.shapes_training import TrainConfig, train
+
+    small = dict(vae_steps=3, unet_steps=3, batch_size=2, latent_scenes=8, warmup_steps=2)
+    start = tmp_path / "start"
+    train(start, TrainConfig(**small), checkpoint_dir=tmp_path / "ck0", resume=False)
+    config = TrainConfig(**small, text_layers=0, grounding_weight=0.1, init_from=str(start))
+    assert config.key() != TrainConfig(**small).key()
+    summary = train(tmp_path / "tuned", config, checkpoint_dir=tmp_path / "ck1", resume=False)
+    assert summary["finished"] and summary["vae_steps"] == 0  # the VAE came with the start
+    assert len(summary["losses"]["grounding"]) == 3 and all(0 <= g <= 1 for g in summary["losses"]["grounding"])
+    tuned, first = load_pipeline(tmp_path / "tuned", device="cpu"), load_pipeline(start, device="cpu")
+    assert tuned.text_encoder.config.num_hidden_layers == 0
+    for a, b in zip(tuned.vae.parameters(), first.vae.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), first.unet.parameters()))
+    # the exported model runs on diffusers' own processors, not the training one
+    assert not any(isinstance(p, GroundingProcessor) for p in tuned.unet.attn_processors.values())

@@ -30,18 +30,19 @@ from models.codec import (
     tokenizers,
 )
 from models.guidance import guided_noise
-from models.loading import working_size
+from models.loading import weights_fingerprint, working_size
 
 log = logging.getLogger(__name__)
 METHODS = ("null-text", "negative-prompt", "ddim")
 
 
-def _key(pipe, image: Image.Image, prompt: str, method: str, params: dict) -> str:
+def _key(pipe, image: Image.Image, prompt: str, method: str, params: dict, weights: str) -> str:
     scheduler = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     return cache_key(
         image=image_hash(image),
         prompt=prompt,
         model=str(pipe.name_or_path),
+        weights=weights,  # a model folder retrained in place must not reuse its old inversions
         scheduler=json.dumps(scheduler, sort_keys=True, default=str),
         method=method,
         dtype=str(pipe.unet.dtype),
@@ -212,8 +213,9 @@ def invert(
 
     results: list[Inversion | None] = [None] * len(images)
     # on SDXL the photo's size and crop condition the model: part of what was inverted
+    weights = weights_fingerprint(pipe)
     keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)} if not is_xl(pipe)
-                 else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()})
+                 else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()}, weights)
             for im, p in zip(images, prompts)]
     if cache_dir is not None:
         for k, key in enumerate(keys):

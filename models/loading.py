@@ -179,3 +179,24 @@ def working_size(pipe: StableDiffusionPipeline, photo_size: tuple[int, int], req
     """The size (W, H) a ``photo_size`` = (width, height) photo is edited at: ``request`` is "auto"
     (the photo's ratio at the model's native area), a side N or (W, H); see ``data.images.resolve_size``."""
     return resolve_size(request, photo_size[0], photo_size[1], image_size(pipe), size_step(pipe))
+
+
+def weights_fingerprint(pipe, sample: int = 16) -> str:
+    """A short hash of the pipeline's weights (UNet, text encoders, VAE), for cache keys: each
+    parameter's name, shape, dtype and its first and last ``sample`` values. Training or
+    fine-tuning changes nearly every value, so a model folder whose weights were replaced gets a
+    new fingerprint under the same name; reading a few values per tensor keeps it cheap at SD scale.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        for name, p in module.named_parameters():
+            flat = p.detach().reshape(-1)
+            ends = torch.cat([flat[:sample], flat[-sample:]]).float().cpu()
+            digest.update(f"{part}.{name}{tuple(p.shape)}{p.dtype}".encode())
+            digest.update(ends.numpy().tobytes())
+    return digest.hexdigest()[:16]

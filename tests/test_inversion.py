@@ -124,6 +124,17 @@ def test_cache_hit_miss_and_recovery(tiny_pipe, tmp_path, caplog):
         inv = invert(tiny_pipe, change.get("image", PHOTO), change.get("prompt", PROMPT), **args)
         assert inv.stats["cache_hit"] is False, change
     assert len(list(tmp_path.glob("*.safetensors"))) == 1 + len(variants)
+    # the same model name with other weights (a folder retrained in place) does not reuse it
+    weight = next(tiny_pipe.unet.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1e-3)
+    try:
+        assert invert(tiny_pipe, PHOTO, PROMPT, **kw).stats["cache_hit"] is False
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert invert(tiny_pipe, PHOTO, PROMPT, **kw).stats["cache_hit"] is True  # its own weights back
     # a truncated file is ignored with a warning and recomputed
     files[0].write_bytes(files[0].read_bytes()[:100])
     with caplog.at_level(logging.WARNING):
@@ -142,10 +153,28 @@ def test_cache_key_covers_model_and_scheduler(tiny_pipe):
             self.unet = tiny_pipe.unet
 
     config = dict(tiny_pipe.scheduler.config)
-    base = _key(Fake("model-a", config), image, PROMPT, "null-text", {})
-    assert base == _key(Fake("model-a", dict(config)), image, PROMPT, "null-text", {})
-    assert base != _key(Fake("model-b", config), image, PROMPT, "null-text", {})
-    assert base != _key(Fake("model-a", {**config, "steps_offset": 0}), image, PROMPT, "null-text", {})
+    base = _key(Fake("model-a", config), image, PROMPT, "null-text", {}, "w1")
+    assert base == _key(Fake("model-a", dict(config)), image, PROMPT, "null-text", {}, "w1")
+    assert base != _key(Fake("model-b", config), image, PROMPT, "null-text", {}, "w1")
+    assert base != _key(Fake("model-a", {**config, "steps_offset": 0}), image, PROMPT, "null-text", {}, "w1")
+    assert base != _key(Fake("model-a", config), image, PROMPT, "null-text", {}, "w2")
+
+
+def test_weights_fingerprint_sees_changed_weights_only():
+    from models.loading import load_pipeline, weights_fingerprint
+
+    one, two = load_pipeline("tiny", device="cpu"), load_pipeline("tiny", device="cpu")
+    assert weights_fingerprint(one) == weights_fingerprint(two)
+    for part in (two.unet, two.text_encoder, two.vae):
+        saved = [p.detach().clone() for p in part.parameters()]
+        with torch.no_grad():
+            for p in part.parameters():
+                p.mul_(1.01)
+        assert weights_fingerprint(one) != weights_fingerprint(two)
+        with torch.no_grad():
+            for p, s in zip(part.parameters(), saved):
+                p.copy_(s)
+        assert weights_fingerprint(one) == weights_fingerprint(two)
 
 
 def test_save_load_roundtrip(tiny_pipe, tmp_path, inversions):

@@ -44,5 +44,12 @@ def test_p2p_pairs_spread_over_fresh_processes():
     assert row["repeats"] == 3 and row["processes"] == 2
     assert row["ratio_cpu_min"] <= row["ratio_cpu"] <= row["ratio_cpu_max"]
     assert row["seconds_edit"] > 0 and row["seconds_plain"] > 0
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     plain, edited = spread_pairs("tiny", 3, 3, CPU, torch.float32, processes=5)  # more processes than pairs
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert len(plain) == len(edited) == 3 and all(m.cpu_seconds > 0 for m in plain + edited)
+    # the runs' CPU time was spent in child processes, not in this one
+    children = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert children >= sum(m.cpu_seconds for m in plain + edited)

@@ -6,6 +6,10 @@ that (a word's map is where the word is drawn). A 64-pixel model trained on one 
 learns the layout without it: its UNet can read "red" from anywhere. The loss here (the token term
 of TokenCompose, Wang et al. 2024: one minus the share of a token's attention mass inside its
 region, squared) teaches the property the paper assumes, from the renderer's masks.
+``pixel_loss`` adds the shape of the map: the token term is met by a map peaked at the object's
+centre, while Prompt-to-Prompt's pictures and local blend threshold the map at a fraction of its
+maximum, so a word should cover its whole object evenly (each map, divided by its maximum, against
+the region, by binary cross-entropy; our reading of TokenCompose's pixel term).
 
 ``GroundingProcessor`` is a diffusers attention processor for the cross-attention layers that
 computes the maps explicitly and keeps them, with their graph, for the loss.
@@ -124,4 +128,28 @@ def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.
         mass = probs.transpose(1, 2)  # [B, tokens, h·w]
         share = (mass * pooled).sum(-1) / mass.sum(-1).clamp_min(1e-8)
         losses.append((((1 - share) ** 2) * weight).sum() / weight.sum())
+    return torch.stack(losses).mean()
+
+
+def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """Mean over layers, grounded tokens and pixels of the binary cross-entropy between a token's
+    map divided by its maximum and its region: zero for a map flat on its region and zero outside.
+
+    Args:
+        maps: cross-attention maps per layer, each [B, h·w, tokens] (h = w).
+        regions: [B, tokens, H, W] target regions in [0, 1], pooled to each layer's side.
+        used: [B, tokens] bool, the tokens to ground.
+
+    Returns:
+        A scalar (zero when no token is grounded).
+    """
+    if not used.any():
+        return maps[0].sum() * 0
+    losses = []
+    for probs in maps:
+        side = int(round(probs.shape[1] ** 0.5))
+        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)[used]  # [N, h·w]
+        mass = probs.transpose(1, 2)[used]  # [N, h·w]
+        scaled = (mass / mass.amax(-1, keepdim=True).clamp_min(1e-8)).clamp(1e-6, 1 - 1e-6)
+        losses.append(F.binary_cross_entropy(scaled, pooled))
     return torch.stack(losses).mean()

@@ -32,7 +32,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from data.shapes import IMAGE_SIZE, random_scene
-from models.grounding import grounding_loss, install, scene_targets
+from models.grounding import grounding_loss, install, pixel_loss, scene_targets
 from models.tiny import SCHEDULER_CONFIG, assemble_pipeline, cache_root
 from models.tokenizer import build_clip_tokenizer
 
@@ -100,13 +100,16 @@ class TrainConfig:
     init_from: str | None = None
     # weight of the token grounding loss (models/grounding.py); 0: none
     grounding_weight: float = 0.0
+    # weight of the pixel grounding loss (a word's map even over its whole object); 0: none
+    pixel_weight: float = 0.0
 
     def key(self) -> str:
         """A short hash naming this config's checkpoint folder. The step counts are left out, so a
         run can be resumed with more (or fewer) steps than it started with, and so are fields at
         the defaults they had before they existed, so older runs keep their folder."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("vae_steps", "unet_steps")}
-        for name, before in (("text_layers", 2), ("init_from", None), ("grounding_weight", 0.0)):
+        for name, before in (("text_layers", 2), ("init_from", None), ("grounding_weight", 0.0),
+                             ("pixel_weight", 0.0)):
             if fields[name] == before:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -325,7 +328,7 @@ def train(
         return captions_cache[i]
 
     grounding = None
-    if config.grounding_weight > 0:
+    if config.grounding_weight > 0 or config.pixel_weight > 0:
         plain_processors = unet.attn_processors
         grounding = install(unet)
 
@@ -367,9 +370,13 @@ def train(
         if grounding is not None:
             regions, used = targets(index.tolist(), drop.tolist())
             ground = grounding_loss(grounding.maps, regions, used)
-            grounding.maps.clear()
             total = loss + config.grounding_weight * ground
             state.losses.setdefault("grounding", []).append(round(float(ground.detach()), 6))
+            if config.pixel_weight > 0:
+                pixel = pixel_loss(grounding.maps, regions, used)
+                total = total + config.pixel_weight * pixel
+                state.losses.setdefault("pixel", []).append(round(float(pixel.detach()), 6))
+            grounding.maps.clear()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -398,6 +405,7 @@ def train(
         "final_unet_loss": float(np.mean(state.losses["unet"][-100:])),
         "final_grounding_loss": (float(np.mean(state.losses["grounding"][-100:]))
                                  if state.losses.get("grounding") else None),
+        "final_pixel_loss": (float(np.mean(state.losses["pixel"][-100:])) if state.losses.get("pixel") else None),
         "scaling_factor": scaling,
         "config": asdict(config),
         "losses": state.losses,

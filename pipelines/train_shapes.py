@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trained shapes model folder to start from: its VAE is kept, its UNet fine-tuned")
     parser.add_argument("--grounding-weight", default=None,
                         help="weight of the token grounding loss: each word's attention on its object (default 0)")
+    parser.add_argument("--pixel-weight", default=None,
+                        help="weight of the pixel grounding loss: each word's map even over its object (default 0)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.grounding_weight is not None:
             overrides["grounding_weight"] = parse_number(args.grounding_weight, "--grounding-weight", low=0, high=1e4,
                                                          hint="a loss weight such as 0.1", error=UsageError)
+        if args.pixel_weight is not None:
+            overrides["pixel_weight"] = parse_number(args.pixel_weight, "--pixel-weight", low=0, high=1e4,
+                                                     hint="a loss weight such as 0.1", error=UsageError)
         if args.init_from is not None:
             init = Path(args.init_from).expanduser()
             if not (init / "unet" / "config.json").is_file() or not (init / "vae" / "config.json").is_file():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data.shapes import ShapeObject, render
-from models.grounding import GroundingProcessor, grounding_loss, install, scene_targets, word_tokens
+from models.grounding import GroundingProcessor, grounding_loss, install, pixel_loss, scene_targets, word_tokens
 from models.tokenizer import build_clip_tokenizer
 
 
@@ -78,6 +78,28 @@ def test_loss_is_zero_inside_one_outside_and_none_without_words():
     assert maps.grad[0, 40, 1] > 0 > maps.grad[0, 10, 1]  # mass outside is penalised, inside rewarded
 
 
+def test_pixel_loss_wants_the_map_even_over_the_region():
+    regions = torch.zeros(1, 3, 8, 8)
+    regions[0, 1, :4] = 1  # token 1 looks at the top half
+    used = torch.tensor([[False, True, False]])
+    even = torch.full((1, 64, 3), 1 / 64)
+    even[0, :, 1] = 0
+    even[0, :32, 1] = 1 / 32
+    peaked = torch.zeros(1, 64, 3)
+    peaked[0, :32, 1] = torch.linspace(0.1, 1, 32) / torch.linspace(0.1, 1, 32).sum()  # all inside, not even
+    spread = torch.full((1, 64, 3), 1 / 64)
+    flat, tip, over = (pixel_loss([m], regions, used).item() for m in (even, peaked, spread))
+    assert flat == pytest.approx(0.0, abs=1e-4)
+    # the token loss cannot tell a peaked map from an even one; the pixel loss can
+    assert grounding_loss([peaked], regions, used).item() == pytest.approx(0.0, abs=1e-6)
+    assert tip > 0.2 and over > 0.2
+    assert pixel_loss([spread], regions, torch.zeros_like(used)).item() == 0.0
+    maps = (0.9 * peaked + 0.1 * spread).requires_grad_(True)
+    pixel_loss([maps], regions, used).backward()
+    assert maps.grad[0, 0, 1] < 0  # the weak corner of the region is pulled up
+    assert maps.grad[0, 40, 1] > 0  # mass outside is pushed down
+
+
 def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     from models.loading import load_pipeline
     from models.shapes_training import TrainConfig, train
@@ -85,11 +107,12 @@ def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     small = dict(vae_steps=3, unet_steps=3, batch_size=2, latent_scenes=8, warmup_steps=2)
     start = tmp_path / "start"
     train(start, TrainConfig(**small), checkpoint_dir=tmp_path / "ck0", resume=False)
-    config = TrainConfig(**small, text_layers=0, grounding_weight=0.1, init_from=str(start))
+    config = TrainConfig(**small, text_layers=0, grounding_weight=0.1, pixel_weight=0.05, init_from=str(start))
     assert config.key() != TrainConfig(**small).key()
     summary = train(tmp_path / "tuned", config, checkpoint_dir=tmp_path / "ck1", resume=False)
     assert summary["finished"] and summary["vae_steps"] == 0  # the VAE came with the start
     assert len(summary["losses"]["grounding"]) == 3 and all(0 <= g <= 1 for g in summary["losses"]["grounding"])
+    assert len(summary["losses"]["pixel"]) == 3 and all(g > 0 for g in summary["losses"]["pixel"])
     tuned, first = load_pipeline(tmp_path / "tuned", device="cpu"), load_pipeline(start, device="cpu")
     assert tuned.text_encoder.config.num_hidden_layers == 0
     for a, b in zip(tuned.vae.parameters(), first.vae.parameters()):

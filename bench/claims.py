@@ -262,7 +262,8 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
                                else 0.0 for s in SCALES])
         if pictures is not None:
             for name, word in (("saturation", case.colour), ("area", "big")):
-                pictures.append([captioned(enlarged(by_scale[name][s], 128), f"{word} ×{s:g}") for s in SCALES])
+                # "x", not "×": Pillow's default font draws × as a missing-glyph box
+                pictures.append([captioned(enlarged(by_scale[name][s], 128), f"{word} x{s:g}") for s in SCALES])
     means = {name: [round(statistics.mean(c[i] for c in values), 4) for i in range(len(SCALES))]
              for name, values in curves.items() if values}
     one = SCALES.index(1.0)

@@ -106,6 +106,7 @@ def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10
     means = {m: round(statistics.mean(v), 2) for m, v in per_method.items()}
     passed = means["null-text"] >= PSNR_GATE and means["null-text"] > max(means["ddim"], means["negative-prompt"])
     return {"photos": photos, "psnr_db": means, "min_psnr_db": {m: round(min(v), 2) for m, v in per_method.items()},
+            "per_photo_db": {m: [round(x, 2) for x in v] for m, v in per_method.items()},
             "seconds_per_photo": {m: round(s / photos, 1) for m, s in seconds.items() if m != "vae"},
             "passed": passed}
 

@@ -1,5 +1,5 @@
 """The papers' claims on the shapes model (issue #14): the measurements on rendered scenes, where the
-truth is known (always run), and claims (b), (d) and (f) on the shipped weights (skipped until
+truth is known (always run), and claims (b), (d), (f) and (g) on the shipped weights (skipped until
 ``models/shapes/`` has them; ``PROMPTEDIT_SHAPES_MODEL=DIR`` points these tests at another folder)."""
 
 from __future__ import annotations
@@ -267,6 +267,11 @@ def test_b_word_swaps_keep_the_layout_and_make_the_change(generated, photos):
 def test_d_local_blend_keeps_the_background(generated):
     values = [r["blend"][k]["background_db"] for r in generated["records"] for k in r["blend"]]
     assert np.mean(values) >= THRESHOLDS["blend_psnr_db"], values
+
+
+def test_g_the_shape_words_map_covers_the_object(generated):
+    values = [r["attention_iou"] for r in generated["records"]]
+    assert np.mean(values) >= THRESHOLDS["attention_iou"], values
 
 
 def test_f_real_photo_edits_keep_the_background(photos):

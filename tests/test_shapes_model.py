@@ -41,11 +41,15 @@ def test_generations_follow_the_prompt(shapes_pipe):
     assert report["shape_and_colour"] >= 10 / 12, report["failures"]
 
 
-def test_null_text_inverts_a_rendered_photo_better_than_ddim_and_npi(shapes_pipe):
-    report = gate_inversion(shapes_pipe, photos=1)
+def test_null_text_inverts_rendered_photos_better_than_ddim_and_npi(shapes_pipe):
+    """The gate's inversion rule on the gate's five photos: the mean, not one photo. On the shipped
+    model negative-prompt inversion reaches the VAE's own ceiling on four of them (null-text is
+    0.1 dB under it on two) and fails on the fifth (18 dB), so one photo cannot show the claim."""
+    report = gate_inversion(shapes_pipe, photos=5)
     psnr = report["psnr_db"]
-    assert psnr["null-text"] >= 30.0, psnr
-    assert psnr["null-text"] > psnr["ddim"] and psnr["null-text"] > psnr["negative-prompt"], psnr
+    assert psnr["null-text"] >= 30.0, report
+    assert psnr["null-text"] > psnr["ddim"] and psnr["null-text"] > psnr["negative-prompt"], report
+    assert report["min_psnr_db"]["null-text"] >= 30.0, report  # and no photo is lost
 
 
 def _wide_scene():

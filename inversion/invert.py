@@ -212,12 +212,13 @@ def invert(
             params.update(optimize_pooled=OPTIMIZE_POOLED)
 
     results: list[Inversion | None] = [None] * len(images)
-    # on SDXL the photo's size and crop condition the model: part of what was inverted
-    weights = weights_fingerprint(pipe)
-    keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)} if not is_xl(pipe)
-                 else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()}, weights)
-            for im, p in zip(images, prompts)]
-    if cache_dir is not None:
+    keys: list[str] = []
+    if cache_dir is not None:  # keys hash the photos and the weights: only a cache needs them
+        weights = weights_fingerprint(pipe)
+        # on SDXL the photo's size and crop condition the model: part of what was inverted
+        keys = [_key(pipe, im, p, method, {**params, "size": list(im.size)} if not is_xl(pipe)
+                     else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()}, weights)
+                for im, p in zip(images, prompts)]
         for k, key in enumerate(keys):
             results[k] = load_cached(cache_dir, key)
             if results[k] is not None:

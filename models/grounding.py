@@ -107,6 +107,13 @@ def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
     return Targets(regions, used)
 
 
+def _per_layer(maps: list[torch.Tensor], regions: torch.Tensor):
+    """Per layer, its maps as [B, tokens, h·w] and the regions average-pooled to its side, [B, tokens, h·w]."""
+    for probs in maps:
+        side = int(round(probs.shape[1] ** 0.5))
+        yield probs.transpose(1, 2), F.adaptive_avg_pool2d(regions, side).flatten(2)
+
+
 def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
     """Mean over layers and grounded tokens of (1 − share of the token's attention inside its region)².
 
@@ -122,10 +129,7 @@ def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.
         return maps[0].sum() * 0
     weight = used.float()
     losses = []
-    for probs in maps:
-        side = int(round(probs.shape[1] ** 0.5))
-        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)  # [B, tokens, h·w]
-        mass = probs.transpose(1, 2)  # [B, tokens, h·w]
+    for mass, pooled in _per_layer(maps, regions):
         share = (mass * pooled).sum(-1) / mass.sum(-1).clamp_min(1e-8)
         losses.append((((1 - share) ** 2) * weight).sum() / weight.sum())
     return torch.stack(losses).mean()
@@ -146,10 +150,8 @@ def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tens
     if not used.any():
         return maps[0].sum() * 0
     losses = []
-    for probs in maps:
-        side = int(round(probs.shape[1] ** 0.5))
-        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)[used]  # [N, h·w]
-        mass = probs.transpose(1, 2)[used]  # [N, h·w]
+    for mass, pooled in _per_layer(maps, regions):
+        mass, pooled = mass[used], pooled[used]  # [N, h·w], the grounded tokens
         scaled = (mass / mass.amax(-1, keepdim=True).clamp_min(1e-8)).clamp(1e-6, 1 - 1e-6)
         losses.append(F.binary_cross_entropy(scaled, pooled))
     return torch.stack(losses).mean()

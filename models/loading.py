@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -187,8 +188,6 @@ def weights_fingerprint(pipe, sample: int = 16) -> str:
     fine-tuning changes nearly every value, so a model folder whose weights were replaced gets a
     new fingerprint under the same name; reading a few values per tensor keeps it cheap at SD scale.
     """
-    import hashlib
-
     digest = hashlib.sha256()
     for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
         module = getattr(pipe, part, None)

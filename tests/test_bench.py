@@ -1,5 +1,7 @@
 """The benchmark plumbing on the tiny model: what it measures, and the baselines it keeps."""
 
+import resource
+
 import pytest
 import torch
 
@@ -44,8 +46,6 @@ def test_p2p_pairs_spread_over_fresh_processes():
     assert row["repeats"] == 3 and row["processes"] == 2
     assert row["ratio_cpu_min"] <= row["ratio_cpu"] <= row["ratio_cpu_max"]
     assert row["seconds_edit"] > 0 and row["seconds_plain"] > 0
-    import resource
-
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     plain, edited = spread_pairs("tiny", 3, 3, CPU, torch.float32, processes=5)  # more processes than pairs
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -382,6 +382,9 @@ def summarize(generated: dict, reweight: dict | None, photos: dict | None, blend
             "changed": _mean([float(r["refine"]["changed"]) for r in g]),
             "centroid_px_median": _median([r["refine"]["centroid_px"] for r in g]),
             "kept_inside": _mean([r["refine"]["kept_inside"] for r in g]),
+            "size_changed": _mean([float(r["refine"]["size_changed"]) for r in g]),
+            "background_changed": _mean([float(r["refine"]["background_changed"]) for r in g]),
+            "fits_in_place": _mean([float(r["refine"]["fits_in_place"]) for r in g]),
             "plain": {"changed": _mean([float(r["refine_plain"]["changed"]) for r in g]),
                       "centroid_px_median": _median([r["refine_plain"]["centroid_px"] for r in g]),
                       "kept_inside": _mean([r["refine_plain"]["kept_inside"] for r in g])},
@@ -564,6 +567,8 @@ def print_claims(report: dict) -> str:
         lines.append(f"(c) refinement: changed {r['changed']:.0%}, centroid median {r['centroid_px_median']} px, kept "
                      f"inside {r['kept_inside']:.0%} (plain: {r['plain']['changed']:.0%}, {r['plain']['centroid_px_median']}"
                      f" px, {r['plain']['kept_inside']:.0%}): {_pf(r['passed'])}")
+        lines.append(f"    size word made {r['size_changed']:.0%}, background word {r['background_changed']:.0%}; "
+                     f"a big object fits in place for {r['fits_in_place']:.0%} of the sources")
     if "d_local_blend" in c:
         d = c["d_local_blend"]
         lines.append(f"(d) local blend (side {d['map_side']}, threshold {d['threshold']}): background {d['background_db']} dB"

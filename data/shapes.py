@@ -31,6 +31,8 @@ COLOURS = {
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 # An object's radius (half its bounding box side) as a fraction of the image side.
 SIZES = {"small": 0.14, "big": 0.25}
+# An object keeps this far (fraction of the side) from the image edge, beyond its radius.
+EDGE_MARGIN = 0.03
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,18 @@ def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, 
     return Scene(list(objects), background, caption_for(objects, background, with_size), image, masks)
 
 
+def fits(size: str, center: tuple[float, float]) -> bool:
+    """Whether an object of ``size`` centred at ``center`` (fractions of the side) is one the world
+    draws: its bounding square at least ``EDGE_MARGIN`` inside every edge."""
+    low, high = SIZES[size] + EDGE_MARGIN, 1 - SIZES[size] - EDGE_MARGIN
+    return all(low - 1e-9 <= c <= high + 1e-9 for c in center)
+
+
 def _place(rng: np.random.Generator, size: str, taken: list[ShapeObject]) -> tuple[float, float] | None:
     r = SIZES[size]
     for _ in range(50):
-        center = (float(rng.uniform(r + 0.03, 1 - r - 0.03)), float(rng.uniform(r + 0.03, 1 - r - 0.03)))
+        center = (float(rng.uniform(r + EDGE_MARGIN, 1 - r - EDGE_MARGIN)),
+                  float(rng.uniform(r + EDGE_MARGIN, 1 - r - EDGE_MARGIN)))
         if all(max(abs(center[0] - o.center[0]), abs(center[1] - o.center[1])) > r + o.radius + 0.04 for o in taken):
             return center
     return None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.shapes import shape_mask
+from data.shapes import fits, shape_mask
 from eval.metrics import psnr
 from eval.shapes import Detection, DetectedObject, detect, iou, mask_centroid
 
@@ -181,14 +181,21 @@ def judge_refine(source: Source, edited: Image.Image, added_size: str, backgroun
     white background" → "a big red circle on a black background").
 
     Returns ``changed`` (the edit's largest object has ``added_size`` and the background is
-    ``background``), ``centroid_px`` (source object against edited object) and ``kept_inside`` (the
-    fraction of the source object's pixels inside the edited object)."""
+    ``background``), its two parts ``size_changed`` and ``background_changed``, ``centroid_px``
+    (source object against edited object), ``kept_inside`` (the fraction of the source object's
+    pixels inside the edited object), and ``fits_in_place``: whether an object of ``added_size``
+    centred where the source's is would be one the world draws (``data.shapes.fits``); where it
+    would not, the size and the place cannot both be kept by a model of this world."""
     found = detect(edited)
     obj = main_object(found)
     edit_mask = obj.mask if obj is not None else np.zeros_like(source.mask)
-    changed = obj is not None and obj.size == added_size and found.background == background
-    return {"changed": bool(changed), "centroid_px": centroid_distance(source.mask, edit_mask),
-            "kept_inside": kept_inside(source.mask, edit_mask), "size_px": int(edit_mask.sum())}
+    size_changed = obj is not None and obj.size == added_size
+    background_changed = found.background == background
+    center, _ = object_box(source.mask)
+    return {"changed": bool(size_changed and background_changed), "size_changed": bool(size_changed),
+            "background_changed": bool(background_changed),
+            "centroid_px": centroid_distance(source.mask, edit_mask), "kept_inside": kept_inside(source.mask, edit_mask),
+            "size_px": int(edit_mask.sum()), "fits_in_place": fits(added_size, center)}
 
 
 def judge_attention(word_map: torch.Tensor | np.ndarray, object_mask: np.ndarray) -> float:

@@ -165,6 +165,18 @@ def test_refinement_in_place():
     judged = judge_refine(source, render([ShapeObject("circle", "red", "big", (0.5, 0.5))], "black").image, "big", "black")
     assert judged["changed"] and judged["centroid_px"] < 0.5 and judged["kept_inside"] == 1.0
     assert not judge_refine(source, source.image, "big", "black")["changed"]
+    assert judged["size_changed"] and judged["background_changed"] and judged["fits_in_place"]
+    # only the background made: the parts say which word took
+    half = judge_refine(source, render([small], "black").image, "big", "black")
+    assert not half["changed"] and half["background_changed"] and not half["size_changed"]
+
+
+def test_refinement_knows_when_a_big_object_cannot_stay_in_place():
+    # a small circle near the left edge: a big one centred there would cross the edge
+    near_edge = source_of(render([ShapeObject("circle", "red", "small", (0.2, 0.5))], "white"))
+    grown = render([ShapeObject("circle", "red", "big", (0.28, 0.5))], "black").image
+    judged = judge_refine(near_edge, grown, "big", "black")
+    assert judged["changed"] and not judged["fits_in_place"]
 
 
 # ---------------------------------------------------------------- the benchmark's cases and tables

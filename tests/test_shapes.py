@@ -9,9 +9,12 @@ import pytest
 from data.shapes import (
     BACKGROUNDS,
     COLOURS,
+    EDGE_MARGIN,
     SHAPES,
+    SIZES,
     ShapeObject,
     caption_for,
+    fits,
     random_scene,
     render,
     single_object_captions,
@@ -54,6 +57,14 @@ def test_masks_are_the_drawn_pixels(seed):
     for _ in range(2):
         grown = grown | np.roll(grown, 1, 0) | np.roll(grown, -1, 0) | np.roll(grown, 1, 1) | np.roll(grown, -1, 1)
     assert (pixels[~grown] == background).all()
+
+
+def test_every_placed_object_fits_and_fits_knows_the_edges():
+    for seed in range(200):
+        for obj in random_scene(seed).objects:
+            assert fits(obj.size, obj.center)
+    assert fits("small", (0.2, 0.8)) and not fits("big", (0.2, 0.5)) and not fits("big", (0.5, 0.75))
+    assert fits("big", (SIZES["big"] + EDGE_MARGIN, 1 - SIZES["big"] - EDGE_MARGIN))
 
 
 def test_mask_areas_follow_the_shapes():

@@ -10,6 +10,9 @@ region, squared) teaches the property the paper assumes, from the renderer's mas
 centre, while Prompt-to-Prompt's pictures and local blend threshold the map at a fraction of its
 maximum, so a word should cover its whole object evenly (each map, divided by its maximum, against
 the region, by binary cross-entropy; our reading of TokenCompose's pixel term).
+``locality_loss`` asks the same of self-attention: a pixel should attend within its own region
+(its object, or the background), which Prompt-to-Prompt's self-attention injection assumes when it
+carries the source's maps into an edit whose background or object has changed.
 
 ``GroundingProcessor`` is a diffusers attention processor for the cross-attention layers that
 computes the maps explicitly and keeps them, with their graph, for the loss.
@@ -50,12 +53,14 @@ class GroundingProcessor:
         return out / attn.rescale_output_factor
 
 
-def install(unet) -> GroundingProcessor:
-    """Put one shared ``GroundingProcessor`` on every cross-attention layer of ``unet`` (self-attention
-    keeps its own processor). Returns it."""
+def install(unet, self_attention: GroundingProcessor | None = None) -> GroundingProcessor:
+    """Put one shared ``GroundingProcessor`` on every cross-attention layer of ``unet``, and
+    ``self_attention`` (if given) on every self-attention layer (else they keep their own
+    processor). Returns the cross-attention one."""
     grounding = GroundingProcessor()
-    unet.set_attn_processor({name: grounding if name.endswith("attn2.processor") else proc
-                             for name, proc in unet.attn_processors.items()})
+    unet.set_attn_processor({name: grounding if name.endswith("attn2.processor")
+                             else self_attention if self_attention is not None and name.endswith("attn1.processor")
+                             else proc for name, proc in unet.attn_processors.items()})
     return grounding
 
 
@@ -154,4 +159,37 @@ def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tens
         mass, pooled = mass[used], pooled[used]  # [N, h·w], the grounded tokens
         scaled = (mass / mass.amax(-1, keepdim=True).clamp_min(1e-8)).clamp(1e-6, 1 - 1e-6)
         losses.append(F.binary_cross_entropy(scaled, pooled))
+    return torch.stack(losses).mean()
+
+
+def scene_labels(scene: Scene, regions: int = 3) -> torch.Tensor:
+    """One-hot regions of a scene, [regions, H, W] float: 0 the background (no object), 1… each
+    object's mask in the scene's order (channels past the objects stay zero)."""
+    side = scene.masks[0].shape[0] if scene.masks else scene.image.size[0]
+    labels = torch.zeros(regions, side, side)
+    anything = np.zeros((side, side), bool)
+    for k, m in enumerate(scene.masks[: regions - 1]):
+        labels[1 + k] = torch.from_numpy(m).float()
+        anything |= m
+    labels[0] = torch.from_numpy(~anything).float()
+    return labels
+
+
+def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Mean over layers and pixels of (1 − share of a pixel's self-attention on its own region)².
+
+    Args:
+        maps: self-attention maps per layer, each [B, h·w, h·w] (queries × keys, h = w).
+        labels: [B, R, H, W] one-hot regions (``scene_labels``), average-pooled to each layer's side,
+            so a pixel on an edge counts as part of each region by its share.
+
+    Returns:
+        A scalar: 0 when every pixel attends only within its region."""
+    losses = []
+    for probs in maps:
+        side = int(round(probs.shape[1] ** 0.5))
+        pooled = F.adaptive_avg_pool2d(labels, side).flatten(2)  # [B, R, h·w]
+        on_region = torch.einsum("bqk,brk->brq", probs, pooled)  # each query's mass on each region
+        share = (on_region * pooled).sum(1)  # [B, h·w]: on its own region, edges shared
+        losses.append(((1 - share) ** 2).mean())
     return torch.stack(losses).mean()

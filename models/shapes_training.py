@@ -32,7 +32,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from data.shapes import IMAGE_SIZE, random_scene
-from models.grounding import grounding_loss, install, pixel_loss, scene_targets
+from models.grounding import GroundingProcessor, grounding_loss, install, locality_loss, pixel_loss, scene_labels, scene_targets
 from models.tiny import SCHEDULER_CONFIG, assemble_pipeline, cache_root
 from models.tokenizer import build_clip_tokenizer
 
@@ -102,6 +102,8 @@ class TrainConfig:
     grounding_weight: float = 0.0
     # weight of the pixel grounding loss (a word's map even over its whole object); 0: none
     pixel_weight: float = 0.0
+    # weight of the self-attention locality loss (a pixel attends within its own region); 0: none
+    locality_weight: float = 0.0
 
     def key(self) -> str:
         """A short hash naming this config's checkpoint folder. The step counts are left out, so a
@@ -109,7 +111,7 @@ class TrainConfig:
         the defaults they had before they existed, so older runs keep their folder."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("vae_steps", "unet_steps")}
         for name, before in (("text_layers", 2), ("init_from", None), ("grounding_weight", 0.0),
-                             ("pixel_weight", 0.0)):
+                             ("pixel_weight", 0.0), ("locality_weight", 0.0)):
             if fields[name] == before:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -328,9 +330,10 @@ def train(
         return captions_cache[i]
 
     grounding = None
-    if config.grounding_weight > 0 or config.pixel_weight > 0:
+    self_maps = GroundingProcessor() if config.locality_weight > 0 else None
+    if config.grounding_weight > 0 or config.pixel_weight > 0 or self_maps is not None:
         plain_processors = unet.attn_processors
-        grounding = install(unet)
+        grounding = install(unet, self_maps)
 
     def targets(indices: list[int], dropped: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         found = [scene_targets(random_scene(TRAIN_SEED_OFFSET + i), tokenizer) for i in indices]
@@ -377,6 +380,12 @@ def train(
                 total = total + config.pixel_weight * pixel
                 state.losses.setdefault("pixel", []).append(round(float(pixel.detach()), 6))
             grounding.maps.clear()
+        if self_maps is not None:
+            labels = torch.stack([scene_labels(random_scene(TRAIN_SEED_OFFSET + int(i))) for i in index])
+            local = locality_loss(self_maps.maps, labels)
+            total = total + config.locality_weight * local
+            state.losses.setdefault("locality", []).append(round(float(local.detach()), 6))
+            self_maps.maps.clear()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -406,6 +415,8 @@ def train(
         "final_grounding_loss": (float(np.mean(state.losses["grounding"][-100:]))
                                  if state.losses.get("grounding") else None),
         "final_pixel_loss": (float(np.mean(state.losses["pixel"][-100:])) if state.losses.get("pixel") else None),
+        "final_locality_loss": (float(np.mean(state.losses["locality"][-100:]))
+                                if state.losses.get("locality") else None),
         "scaling_factor": scaling,
         "config": asdict(config),
         "losses": state.losses,

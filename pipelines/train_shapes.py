@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the token grounding loss: each word's attention on its object (default 0)")
     parser.add_argument("--pixel-weight", default=None,
                         help="weight of the pixel grounding loss: each word's map even over its object (default 0)")
+    parser.add_argument("--locality-weight", default=None,
+                        help="weight of the self-attention locality loss: each pixel attends within its object "
+                             "or the background (default 0)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
@@ -56,12 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         seed = _count(args.seed, "--seed", low=0)
         if args.text_layers is not None:
             overrides["text_layers"] = _count(args.text_layers, "--text-layers", low=0)
-        if args.grounding_weight is not None:
-            overrides["grounding_weight"] = parse_number(args.grounding_weight, "--grounding-weight", low=0, high=1e4,
-                                                         hint="a loss weight such as 0.1", error=UsageError)
-        if args.pixel_weight is not None:
-            overrides["pixel_weight"] = parse_number(args.pixel_weight, "--pixel-weight", low=0, high=1e4,
-                                                     hint="a loss weight such as 0.1", error=UsageError)
+        for name in ("grounding_weight", "pixel_weight", "locality_weight"):
+            if getattr(args, name) is not None:
+                overrides[name] = parse_number(getattr(args, name), f"--{name.replace('_', '-')}", low=0, high=1e4,
+                                               hint="a loss weight such as 0.1", error=UsageError)
         if args.init_from is not None:
             init = Path(args.init_from).expanduser()
             if not (init / "unet" / "config.json").is_file() or not (init / "vae" / "config.json").is_file():

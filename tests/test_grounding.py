@@ -1,5 +1,6 @@
-"""The token grounding loss the shapes model is trained with: which words look where, the processor
-that keeps the maps (and changes nothing else), the loss's bounds, and a fine-tuning run using it."""
+"""The grounding losses the shapes model is trained with: which words look where, the processor
+that keeps the maps (and changes nothing else), the losses' bounds (the token and pixel terms on
+cross-attention, the locality term on self-attention), and a fine-tuning run using them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import pytest
 import torch
 
 from data.shapes import ShapeObject, render
-from models.grounding import GroundingProcessor, grounding_loss, install, pixel_loss, scene_targets, word_tokens
+from models.grounding import (
+    GroundingProcessor,
+    grounding_loss,
+    install,
+    locality_loss,
+    pixel_loss,
+    scene_labels,
+    scene_targets,
+    word_tokens,
+)
 from models.tokenizer import build_clip_tokenizer
 
 
@@ -100,6 +110,51 @@ def test_pixel_loss_wants_the_map_even_over_the_region():
     assert maps.grad[0, 40, 1] > 0  # mass outside is pushed down
 
 
+def test_scene_labels_split_the_image_into_background_and_objects():
+    scene = two_objects()
+    labels = scene_labels(scene)
+    assert labels.shape == (3, 64, 64) and torch.equal(labels.sum(0), torch.ones(64, 64))
+    for k, mask in enumerate(scene.masks):
+        assert torch.equal(labels[1 + k].bool(), torch.from_numpy(mask))
+    one = scene_labels(render([ShapeObject("circle", "red", "big", (0.5, 0.5))], "black"))
+    assert one[2].sum() == 0 and torch.equal(one.sum(0), torch.ones(64, 64))
+
+
+def test_locality_loss_wants_each_pixel_to_attend_within_its_region():
+    # 8×8 labels, an object on the left half: pooling to the maps' side (8) keeps them exact
+    labels = torch.zeros(1, 3, 8, 8)
+    labels[0, 1, :, :4] = 1
+    labels[0, 0, :, 4:] = 1
+    region = labels[0, :2].flatten(1).argmax(0)  # [64]: 1 object, 0 background
+    same = (region[:, None] == region[None, :]).float()
+    within = (same / same.sum(1, keepdim=True))[None]
+    assert locality_loss([within], labels).item() == pytest.approx(0.0, abs=1e-7)
+    uniform = torch.full((1, 64, 64), 1 / 64, requires_grad=True)
+    assert locality_loss([uniform], labels).item() == pytest.approx(0.25)  # half the mass elsewhere: (1 − ½)²
+    locality_loss([uniform], labels).backward()
+    # the own region's mass is pushed up; the rest goes down through the softmax that made the map
+    assert uniform.grad[0, 0, 0] < 0 and uniform.grad[0, 63, 63] < 0 and uniform.grad[0, 0, 63] == 0
+    # two layers average; a coarser layer pools the labels to its side
+    assert locality_loss([within, torch.full((1, 16, 16), 1 / 16)], labels).item() == pytest.approx(0.125)
+
+
+def test_the_self_attention_processor_keeps_square_maps_and_changes_no_output():
+    from models.loading import load_pipeline
+
+    unet = load_pipeline("tiny", device="cpu").unet
+    torch.manual_seed(0)
+    sample = torch.randn(1, 4, 16, 16)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        before = unet(sample, 10, encoder_hidden_states=context).sample
+        self_maps = GroundingProcessor()
+        install(unet, self_maps)
+        after = unet(sample, 10, encoder_hidden_states=context).sample
+    assert torch.allclose(before, after, atol=1e-5)
+    assert self_maps.maps and all(m.shape[1] == m.shape[2] for m in self_maps.maps)
+    assert all(torch.allclose(m.sum(-1), torch.ones(())) for m in self_maps.maps)
+
+
 def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     from models.loading import load_pipeline
     from models.shapes_training import TrainConfig, train
@@ -107,12 +162,14 @@ def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     small = dict(vae_steps=3, unet_steps=3, batch_size=2, latent_scenes=8, warmup_steps=2)
     start = tmp_path / "start"
     train(start, TrainConfig(**small), checkpoint_dir=tmp_path / "ck0", resume=False)
-    config = TrainConfig(**small, text_layers=0, grounding_weight=0.1, pixel_weight=0.05, init_from=str(start))
+    config = TrainConfig(**small, text_layers=0, grounding_weight=0.1, pixel_weight=0.05, locality_weight=0.3,
+                         init_from=str(start))
     assert config.key() != TrainConfig(**small).key()
     summary = train(tmp_path / "tuned", config, checkpoint_dir=tmp_path / "ck1", resume=False)
     assert summary["finished"] and summary["vae_steps"] == 0  # the VAE came with the start
     assert len(summary["losses"]["grounding"]) == 3 and all(0 <= g <= 1 for g in summary["losses"]["grounding"])
     assert len(summary["losses"]["pixel"]) == 3 and all(g > 0 for g in summary["losses"]["pixel"])
+    assert len(summary["losses"]["locality"]) == 3 and all(0 < g < 1 for g in summary["losses"]["locality"])
     tuned, first = load_pipeline(tmp_path / "tuned", device="cpu"), load_pipeline(start, device="cpu")
     assert tuned.text_encoder.config.num_hidden_layers == 0
     for a, b in zip(tuned.vae.parameters(), first.vae.parameters()):

@@ -58,15 +58,23 @@ def test_the_processor_keeps_the_maps_and_changes_no_output():
     context = torch.randn(2, 77, unet.config.cross_attention_dim)
     with torch.no_grad():
         before = unet(sample, 10, encoder_hidden_states=context).sample
-        grounding = install(unet)
+        self_maps = GroundingProcessor()
+        grounding = install(unet, self_maps)
         after = unet(sample, 10, encoder_hidden_states=context).sample
     assert (after - before).abs().max() < 1e-5
     crossed = sum(name.endswith("attn2.processor") for name in unet.attn_processors)
-    assert len(grounding.maps) == crossed > 0
+    assert len(grounding.maps) == crossed == len(self_maps.maps) > 0
     for probs in grounding.maps:
         assert probs.shape[0] == 2 and probs.shape[2] == 77
         assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
-    assert all(isinstance(p, GroundingProcessor) == n.endswith("attn2.processor") for n, p in unet.attn_processors.items())
+    for probs in self_maps.maps:  # pixels × pixels
+        assert probs.shape[0] == 2 and probs.shape[1] == probs.shape[2]
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    assert all(p is (grounding if n.endswith("attn2.processor") else self_maps) for n, p in unet.attn_processors.items())
+    # without a self-attention processor, self-attention keeps its own
+    fresh = load_pipeline("tiny", device="cpu").unet
+    install(fresh)
+    assert sum(isinstance(p, GroundingProcessor) for p in fresh.attn_processors.values()) == crossed
 
 
 def test_loss_is_zero_inside_one_outside_and_none_without_words():
@@ -136,23 +144,6 @@ def test_locality_loss_wants_each_pixel_to_attend_within_its_region():
     assert uniform.grad[0, 0, 0] < 0 and uniform.grad[0, 63, 63] < 0 and uniform.grad[0, 0, 63] == 0
     # two layers average; a coarser layer pools the labels to its side
     assert locality_loss([within, torch.full((1, 16, 16), 1 / 16)], labels).item() == pytest.approx(0.125)
-
-
-def test_the_self_attention_processor_keeps_square_maps_and_changes_no_output():
-    from models.loading import load_pipeline
-
-    unet = load_pipeline("tiny", device="cpu").unet
-    torch.manual_seed(0)
-    sample = torch.randn(1, 4, 16, 16)
-    context = torch.randn(1, 77, unet.config.cross_attention_dim)
-    with torch.no_grad():
-        before = unet(sample, 10, encoder_hidden_states=context).sample
-        self_maps = GroundingProcessor()
-        install(unet, self_maps)
-        after = unet(sample, 10, encoder_hidden_states=context).sample
-    assert torch.allclose(before, after, atol=1e-5)
-    assert self_maps.maps and all(m.shape[1] == m.shape[2] for m in self_maps.maps)
-    assert all(torch.allclose(m.sum(-1), torch.ones(())) for m in self_maps.maps)
 
 
 def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):

@@ -84,18 +84,24 @@ def word_tokens(caption: str, tokenizer) -> list[tuple[str, list[int]]]:
     return out
 
 
+def _background(scene: Scene) -> torch.Tensor:
+    """The pixels no object of ``scene`` covers, float [H, W] (1 background, 0 object)."""
+    side = scene.masks[0].shape[0] if scene.masks else scene.image.size[0]
+    anything = np.zeros((side, side), bool)
+    for m in scene.masks:
+        anything |= m
+    return torch.from_numpy(~anything).float()
+
+
 def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
     """The regions of a scene's caption words: size, colour and shape words → their object's mask
     (objects in caption order, left to right); the background colour and "background" → every
     pixel no object covers. Articles, "and", "on" and padding are left free."""
-    side = scene.masks[0].shape[0] if scene.masks else scene.image.size[0]
+    background = _background(scene)
+    side = background.shape[0]
     regions = torch.zeros(length, side, side)
     used = torch.zeros(length, dtype=torch.bool)
     ordered = sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].center[0])
-    anything = np.zeros((side, side), bool)
-    for m in scene.masks:
-        anything |= m
-    background = torch.from_numpy(~anything).float()
     obj, after_on = 0, False
     for word, positions in word_tokens(scene.caption, tokenizer):
         if word == "and":
@@ -165,13 +171,11 @@ def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tens
 def scene_labels(scene: Scene, regions: int = 3) -> torch.Tensor:
     """One-hot regions of a scene, [regions, H, W] float: 0 the background (no object), 1… each
     object's mask in the scene's order (channels past the objects stay zero)."""
-    side = scene.masks[0].shape[0] if scene.masks else scene.image.size[0]
-    labels = torch.zeros(regions, side, side)
-    anything = np.zeros((side, side), bool)
+    background = _background(scene)
+    labels = torch.zeros(regions, *background.shape)
+    labels[0] = background
     for k, m in enumerate(scene.masks[: regions - 1]):
         labels[1 + k] = torch.from_numpy(m).float()
-        anything |= m
-    labels[0] = torch.from_numpy(~anything).float()
     return labels
 
 

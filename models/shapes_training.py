@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from data.shapes import IMAGE_SIZE, random_scene
+from data.shapes import IMAGE_SIZE, Scene, random_scene
 from models.grounding import GroundingProcessor, grounding_loss, install, locality_loss, pixel_loss, scene_labels, scene_targets
 from models.tiny import SCHEDULER_CONFIG, assemble_pipeline, cache_root
 from models.tokenizer import build_clip_tokenizer
@@ -335,8 +335,8 @@ def train(
         plain_processors = unet.attn_processors
         grounding = install(unet, self_maps)
 
-    def targets(indices: list[int], dropped: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        found = [scene_targets(random_scene(TRAIN_SEED_OFFSET + i), tokenizer) for i in indices]
+    def targets(scenes: list[Scene], dropped: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        found = [scene_targets(scene, tokenizer) for scene in scenes]
         used = torch.stack([t.used & (not d) for t, d in zip(found, dropped)])
         return torch.stack([t.regions for t in found]), used
 
@@ -371,7 +371,9 @@ def train(
         loss = F.mse_loss(pred, noise)
         total = loss
         if grounding is not None:
-            regions, used = targets(index.tolist(), drop.tolist())
+            # the batch's scenes, rendered once for the grounding targets and the locality labels
+            scenes = [random_scene(TRAIN_SEED_OFFSET + int(i)) for i in index]
+            regions, used = targets(scenes, drop.tolist())
             ground = grounding_loss(grounding.maps, regions, used)
             total = loss + config.grounding_weight * ground
             state.losses.setdefault("grounding", []).append(round(float(ground.detach()), 6))
@@ -381,7 +383,7 @@ def train(
                 state.losses.setdefault("pixel", []).append(round(float(pixel.detach()), 6))
             grounding.maps.clear()
         if self_maps is not None:
-            labels = torch.stack([scene_labels(random_scene(TRAIN_SEED_OFFSET + int(i))) for i in index])
+            labels = torch.stack([scene_labels(scene) for scene in scenes])
             local = locality_loss(self_maps.maps, labels)
             total = total + config.locality_weight * local
             state.losses.setdefault("locality", []).append(round(float(local.detach()), 6))

@@ -8,6 +8,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
+# Under pytest-xdist the cores are shared out between the workers (and the commands they start):
+# two workers each asking torch for every core would only slow each other down.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 from models.loading import load_pipeline
 
 

@@ -179,21 +179,25 @@ def scene_labels(scene: Scene, regions: int = 3) -> torch.Tensor:
     return labels
 
 
-def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over layers and pixels of (1 − share of a pixel's self-attention on its own region)².
 
     Args:
         maps: self-attention maps per layer, each [B, h·w, h·w] (queries × keys, h = w).
         labels: [B, R, H, W] one-hot regions (``scene_labels``), average-pooled to each layer's side,
             so a pixel on an edge counts as part of each region by its share.
+        keep: [B] bool, the scenes that count (e.g. those noised below a timestep); None: all.
 
     Returns:
-        A scalar: 0 when every pixel attends only within its region."""
+        A scalar: 0 when every pixel attends only within its region (or no scene counts)."""
     losses = []
     for probs in maps:
         side = int(round(probs.shape[1] ** 0.5))
         pooled = F.adaptive_avg_pool2d(labels, side).flatten(2)  # [B, R, h·w]
         on_region = torch.einsum("bqk,brk->brq", probs, pooled)  # each query's mass on each region
         share = (on_region * pooled).sum(1)  # [B, h·w]: on its own region, edges shared
-        losses.append(((1 - share) ** 2).mean())
+        per_scene = ((1 - share) ** 2).mean(1)
+        if keep is not None:
+            per_scene = per_scene[keep]
+        losses.append(per_scene.mean() if per_scene.numel() else per_scene.sum())
     return torch.stack(losses).mean()

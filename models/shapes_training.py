@@ -104,6 +104,8 @@ class TrainConfig:
     pixel_weight: float = 0.0
     # weight of the self-attention locality loss (a pixel attends within its own region); 0: none
     locality_weight: float = 0.0
+    # the locality loss counts only scenes noised to a timestep below this (1000: all)
+    locality_max_t: int = 1000
 
     def key(self) -> str:
         """A short hash naming this config's checkpoint folder. The step counts are left out, so a
@@ -111,7 +113,8 @@ class TrainConfig:
         the defaults they had before they existed, so older runs keep their folder."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("vae_steps", "unet_steps")}
         for name, before in (("text_layers", 2), ("init_from", None), ("grounding_weight", 0.0),
-                             ("pixel_weight", 0.0), ("locality_weight", 0.0)):
+                             ("pixel_weight", 0.0), ("locality_weight", 0.0),
+                             ("locality_max_t", 1000)):
             if fields[name] == before:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -384,7 +387,7 @@ def train(
             grounding.maps.clear()
         if self_maps is not None:
             labels = torch.stack([scene_labels(scene) for scene in scenes])
-            local = locality_loss(self_maps.maps, labels)
+            local = locality_loss(self_maps.maps, labels, t < config.locality_max_t)
             total = total + config.locality_weight * local
             state.losses.setdefault("locality", []).append(round(float(local.detach()), 6))
             self_maps.maps.clear()

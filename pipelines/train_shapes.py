@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locality-weight", default=None,
                         help="weight of the self-attention locality loss: each pixel attends within its object "
                              "or the background (default 0)")
+    parser.add_argument("--locality-max-t", default=None,
+                        help="the locality loss counts only scenes noised to a timestep below this, 1-1000 "
+                             "(default 1000: all)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name) is not None:
                 overrides[name] = parse_number(getattr(args, name), f"--{name.replace('_', '-')}", low=0, high=1e4,
                                                hint="a loss weight such as 0.1", error=UsageError)
+        if args.locality_max_t is not None:
+            overrides["locality_max_t"] = parse_number(args.locality_max_t, "--locality-max-t", low=1, high=1000,
+                                                       integer=True, hint="a timestep", error=UsageError)
         if args.init_from is not None:
             init = Path(args.init_from).expanduser()
             if not (init / "unet" / "config.json").is_file() or not (init / "vae" / "config.json").is_file():

@@ -144,6 +144,13 @@ def test_locality_loss_wants_each_pixel_to_attend_within_its_region():
     assert uniform.grad[0, 0, 0] < 0 and uniform.grad[0, 63, 63] < 0 and uniform.grad[0, 0, 63] == 0
     # two layers average; a coarser layer pools the labels to its side
     assert locality_loss([within, torch.full((1, 16, 16), 1 / 16)], labels).item() == pytest.approx(0.125)
+    # only the kept scenes count (the training's timestep cut-off), and none kept is no loss
+    both = torch.cat([within, uniform.detach()])
+    labels2 = labels.expand(2, -1, -1, -1)
+    assert locality_loss([both], labels2, torch.tensor([True, False])).item() == pytest.approx(0.0, abs=1e-7)
+    assert locality_loss([both], labels2, torch.tensor([False, True])).item() == pytest.approx(0.25)
+    assert locality_loss([both], labels2).item() == pytest.approx(0.125)
+    assert locality_loss([both], labels2, torch.tensor([False, False])).item() == 0.0
 
 
 def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
@@ -161,6 +168,13 @@ def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     assert len(summary["losses"]["grounding"]) == 3 and all(0 <= g <= 1 for g in summary["losses"]["grounding"])
     assert len(summary["losses"]["pixel"]) == 3 and all(g > 0 for g in summary["losses"]["pixel"])
     assert len(summary["losses"]["locality"]) == 3 and all(0 < g < 1 for g in summary["losses"]["locality"])
+    # a timestep cut-off no training timestep is under: the term is logged as nothing
+    cut = TrainConfig(**{**small, "unet_steps": 1}, text_layers=0, grounding_weight=0.1, locality_weight=0.3,
+                      locality_max_t=1, init_from=str(start))
+    assert cut.key() != TrainConfig(**small, text_layers=0, grounding_weight=0.1, locality_weight=0.3,
+                                    init_from=str(start)).key()
+    cut_summary = train(tmp_path / "cut", cut, checkpoint_dir=tmp_path / "ck2", resume=False)
+    assert cut_summary["losses"]["locality"] == [0.0]
     tuned, first = load_pipeline(tmp_path / "tuned", device="cpu"), load_pipeline(start, device="cpu")
     assert tuned.text_encoder.config.num_hidden_layers == 0
     for a, b in zip(tuned.vae.parameters(), first.vae.parameters()):

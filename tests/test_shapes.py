@@ -133,6 +133,7 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
     (["--grounding-weight", "heavy"], "--grounding-weight"),
     (["--pixel-weight", "-0.1"], "--pixel-weight"),
     (["--locality-weight", "much"], "--locality-weight"),
+    (["--locality-max-t", "1001"], "--locality-max-t"),
     (["--init-from", "/nonexistent/shapes"], "--init-from"),
 ])
 def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):

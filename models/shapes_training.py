@@ -385,12 +385,12 @@ def train(
                 total = total + config.pixel_weight * pixel
                 state.losses.setdefault("pixel", []).append(round(float(pixel.detach()), 6))
             grounding.maps.clear()
-        if self_maps is not None:
-            labels = torch.stack([scene_labels(scene) for scene in scenes])
-            local = locality_loss(self_maps.maps, labels, t < config.locality_max_t)
-            total = total + config.locality_weight * local
-            state.losses.setdefault("locality", []).append(round(float(local.detach()), 6))
-            self_maps.maps.clear()
+            if self_maps is not None:  # installed with the grounding processor, on the same scenes
+                labels = torch.stack([scene_labels(scene) for scene in scenes])
+                local = locality_loss(self_maps.maps, labels, t < config.locality_max_t)
+                total = total + config.locality_weight * local
+                state.losses.setdefault("locality", []).append(round(float(local.detach()), 6))
+                self_maps.maps.clear()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

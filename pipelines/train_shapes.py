@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locality-max-t", default=None,
                         help="the locality loss counts only scenes noised to a timestep below this, 1-1000 "
                              "(default 1000: all)")
+    parser.add_argument("--unet-lr", default=None,
+                        help="peak learning rate of the UNet phase (default 5e-4; a fine-tune keeps the model "
+                             "closer to where it starts with less, such as 1e-4)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name) is not None:
                 overrides[name] = parse_number(getattr(args, name), f"--{name.replace('_', '-')}", low=0, high=1e4,
                                                hint="a loss weight such as 0.1", error=UsageError)
+        if args.unet_lr is not None:
+            overrides["unet_lr"] = parse_number(args.unet_lr, "--unet-lr", low=1e-8, high=1.0,
+                                                hint="a learning rate such as 1e-4", error=UsageError)
         if args.locality_max_t is not None:
             overrides["locality_max_t"] = parse_number(args.locality_max_t, "--locality-max-t", low=1, high=1000,
                                                        integer=True, hint="a timestep", error=UsageError)

@@ -3,6 +3,8 @@ loop (resume gives the same loss curve as an uninterrupted run) and the command'
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -134,6 +136,8 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
     (["--pixel-weight", "-0.1"], "--pixel-weight"),
     (["--locality-weight", "much"], "--locality-weight"),
     (["--locality-max-t", "1001"], "--locality-max-t"),
+    (["--unet-lr", "0"], "--unet-lr"),
+    (["--unet-lr", "fast"], "--unet-lr"),
     (["--init-from", "/nonexistent/shapes"], "--init-from"),
 ])
 def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):
@@ -143,6 +147,26 @@ def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_train_shapes_passes_its_options_to_the_run(tmp_path, monkeypatch, capsys):
+    import models.shapes_training as shapes_training
+    from pipelines.train_shapes import main
+
+    seen = {}
+
+    def fake_train(out, config, **kwargs):
+        seen["config"] = config
+        out.mkdir(parents=True)
+        return {"seconds": 0.0, "config": {"unet_lr": config.unet_lr}}
+
+    monkeypatch.setattr(shapes_training, "train", fake_train)
+    argv = ["--out", str(tmp_path / "m"), "--unet-lr", "1e-4", "--locality-max-t", "500", "--unet-steps", "7", "--quiet"]
+    assert main(argv) == 0
+    config = seen["config"]
+    assert (config.unet_lr, config.locality_max_t, config.unet_steps) == (1e-4, 500, 7)
+    assert config.key() != shapes_training.TrainConfig(locality_max_t=500).key()  # its own checkpoint folder
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["config"]["unet_lr"] == 1e-4
 
 
 def test_train_shapes_refuses_a_file_as_out(tmp_path, capsys):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from data.shapes import BACKGROUNDS, COLOURS, SHAPES, random_scene
 from editing import EditSpec, edit
@@ -511,6 +513,7 @@ def bench_blend_sweep(model: str = "shapes", seeds: int = 8, steps: int = 50, si
         sides = sorted({int(probe.attention.shape[1]), pipe.unet.config.sample_size // 2,
                         pipe.unet.config.sample_size})
     rows = []
+    bar = tqdm(total=len(sides) * len(thresholds) * len(cases), desc="blend sweep (edits)", file=sys.stderr)
     for side in sides:
         for threshold in thresholds:
             judged = []
@@ -523,11 +526,13 @@ def bench_blend_sweep(model: str = "shapes", seeds: int = 8, steps: int = 50, si
                               latents=noise(pipe, case.seed), num_steps=steps)
                 src = Source(result.images[0], source.mask, *_words(source))
                 judged += [judge_swap(k, case.targets[k], src, result.images[1 + i]) for i, k in enumerate(("colour", "shape"))]
+                bar.update(1)
             rows.append({"map_side": side, "threshold": threshold,
                          "background_db": _mean([j["background_db"] for j in judged]),
                          "changed": _mean([float(j["changed"]) for j in judged]),
                          "shape_iou": _mean([j["iou"] for j in judged[1::2]])})
             log.info("blend sweep %s", rows[-1])
+    bar.close()
     good = [r for r in rows if r["changed"] >= THRESHOLDS["detector"]]
     best = (max(good, key=lambda r: r["background_db"]) if good
             else max(rows, key=lambda r: (r["changed"], r["background_db"])))

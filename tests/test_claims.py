@@ -265,10 +265,11 @@ def _failures(summary: dict) -> list[str]:
     return [f"{kind}: {s}" for kind, s in summary.items() if kind in SWAPS and not s["passed"]]
 
 
-@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (pixel-grounded, 2026-12-02): on "
-                   "generations the shape and background swaps pass (IoU 0.73, 0.88), the colour swap is made in 75 % "
-                   "(red and green); on rendered photos the colour swap passes (0.82), shape and background do not "
-                   "(0.60, 0.58); docs/benchmarks.md. Strict: remove the mark when a model passes.")
+@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (low-noise locality, 2026-12-02): "
+                   "the bench's 8 generated cases pass all three swaps (IoU 0.91, 0.75, 0.81), but on this test's "
+                   "first 3 the shape and background swaps fall short (IoU 0.57, 0.63; made in 67 %); on rendered "
+                   "photos the colour swap passes (0.87), shape and background do not (0.53, 0.60); "
+                   "docs/benchmarks.md. Strict: remove the mark when a model passes.")
 def test_b_word_swaps_keep_the_layout_and_make_the_change(generated, photos):
     from bench.claims import summarize_swaps
 

@@ -6,7 +6,7 @@
     python -m bench dataset [--jobs 8] [--steps 20] [--json]
     python -m bench pooled [--models tiny-xl] [--steps 50] [--inner-steps 10] [--json]
     python -m bench shapes --gate [--model shapes] [--seeds 100] [--photos 5] [--json]
-    python -m bench shapes --claims [--model shapes] [--seeds 12] [--photos 6] [--reweight-seeds 6] [--out DIR] [--json]
+    python -m bench shapes --claims [--model shapes] [--seeds 12] [--photos 6] [--reweight-seeds 6] [--parts bcdefgi] [--out DIR] [--json]
     python -m bench shapes [...]          # both: the gate, then the claims
     python -m bench shapes --blend-sweep [--model DIR] [--seeds 8]   # choose the model's local blend defaults
 
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=int, default=None,
                         help="shapes: rendered photos to invert (--gate 5, --claims 6)")
     parser.add_argument("--reweight-seeds", type=int, default=6, help="shapes --claims: cases for the reweighting curves")
-    parser.add_argument("--parts", default="bcdefg", help="shapes --claims: which claims (letters of issue #14)")
+    parser.add_argument("--parts", default="bcdefgi",
+                        help="shapes --claims: which claims (letters of issue #14; i: the generated sources "
+                             "null-text inverted and swapped again, the inversion's share of (f))")
     parser.add_argument("--blend-side", type=int, default=None,
                         help="shapes --claims: local blend map side (default: the model's own, else SPEC's)")
     parser.add_argument("--blend-threshold", type=float, default=None,

@@ -14,6 +14,9 @@ threshold (``eval.claims.THRESHOLDS``):
 - (e) reweighting over {−1, 0, 0.5, 1, 1.5, 2}: the colour word's saturation, "big"'s area.
 - (f) rendered photos inverted three ways, edited, background PSNR against the photo.
 - (g) the shape word's averaged attention map against the object.
+- (i) not a claim of its own: the generated cases' sources null-text inverted, then swapped from the
+  inversion, judged as (b). Beside (b) generated (the same images edited from their own noise) and
+  (b) photos, it measures what editing from an inverted trajectory costs, apart from the photos' look.
 
 Generated cases start from seeded noise with a single-object caption without a size word; a seed
 whose source image does not show the named shape, colour and background is skipped (the claims are
@@ -153,7 +156,8 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
     """(b), (c), (d) and (g) on ``count`` generated cases (seeds whose source is right).
 
     ``blend``: (map side, threshold) for the local blend edits. ``pictures`` collects grid rows.
-    ``parts``: "b" also edits without control, "c" refines, "d" blends ((g) comes with every case)."""
+    ``parts``: "b" also edits without control, "c" refines, "d" blends, "i" inverts the source and
+    swaps from the inversion ((g) comes with every case)."""
     records, skipped = [], []
     for seed in GENERATED_SEEDS:
         if len(records) >= count:
@@ -182,6 +186,8 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
         if "c" in parts:
             refine = edit(pipe, EditSpec([case.prompt, case.refine_prompt], mode="refine"), latents=latent, num_steps=steps)
             record["refine"] = judge_refine(source, refine.images[1], "big", case.refine_background)
+        if "i" in parts:
+            record["inverted"], inverted_images = swap_from_inversion(pipe, case.prompt, targets, case.targets, source, steps)
         if "d" in parts:
             blended = edit(pipe, EditSpec([case.prompt, targets["colour"], targets["shape"]], mode="replace",
                                           blend_words=[[case.colour, case.shape], [case.targets["colour"], case.shape],
@@ -194,9 +200,15 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
         records.append(record)
         log.info("generated seed %s (%s): %s", seed, case.prompt,
                  {k: v["changed"] for k, v in record["p2p"].items()})
-        if pictures is not None and parts == "bcdg":
+        shown: dict[str, list] = {}
+        if pictures is not None and "i" in parts:
+            shown["inverted"] = [captioned(enlarged(im, 128), t) for im, t in zip(
+                [p2p.images[0], *p2p.images[1:], *inverted_images],
+                ["source", "P2P colour", "P2P shape", "P2P background", "inverted rec", "inv colour", "inv shape",
+                 "inv background"])]
+        if pictures is not None and set("bcd") <= set(parts):
             word_map = _word_map(p2p, 0, case.prompt, case.shape, pipe.tokenizer).numpy()
-            pictures.append({
+            shown.update({
                 "swap": [captioned(enlarged(im, 128), t) for im, t in zip(
                     [p2p.images[0], *p2p.images[1:], *plain.images[:3]],
                     ["source", "P2P colour", "P2P shape", "P2P background", "plain colour", "plain shape", "plain bg"])],
@@ -208,7 +220,26 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
                               captioned(enlarged(Image.fromarray(np.uint8(attention_mask(word_map, source.mask.shape)) * 255), 128),
                                         "half max")],
             })
+        if shown:
+            pictures.append(shown)
     return {"records": records, "skipped_seeds": skipped}
+
+
+def swap_from_inversion(pipe, prompt: str, prompts: dict[str, str], words: dict[str, str], source: Source,
+                        steps: int = 50) -> tuple[dict, list[Image.Image]]:
+    """(i): ``source.image`` null-text inverted with ``prompt``, then each swap (``prompts[kind]``, whose
+    new word is ``words[kind]``) edited from that inversion and judged against ``source``.
+
+    Returns ({kind: judge_swap's dict, "reconstruction_db": the inversion's source row against the
+    image}, the edit's images: the reconstruction, then one per swap)."""
+    from inversion import invert
+
+    found = invert(pipe, [source.image], [prompt], method="null-text", num_steps=steps, progress=False)
+    inv = found[0] if isinstance(found, list) else found
+    result = edit(pipe, EditSpec([prompt, *prompts.values()], mode="replace"), inversion=inv)
+    judged: dict = {k: judge_swap(k, words[k], source, result.images[1 + j]) for j, k in enumerate(prompts)}
+    judged["reconstruction_db"] = psnr(np.asarray(source.image), np.asarray(result.images[0]))
+    return judged, result.images
 
 
 def _words(source: Source) -> tuple[str, str, str]:
@@ -378,6 +409,10 @@ def summarize(generated: dict, reweight: dict | None, photos: dict | None, blend
         claims["b_generated"] = {"p2p": summarize_swaps([r["p2p"] for r in g]),
                                  "plain": summarize_swaps([r["plain"] for r in g if "plain" in r])}
         claims["b_generated"]["passed"] = all(s["passed"] for s in claims["b_generated"]["p2p"].values())
+    inverted = [r["inverted"] for r in g if "inverted" in r]
+    if inverted:  # a measurement beside (b), not a claim: no verdict of its own
+        claims["i_generated_inverted"] = {"p2p": summarize_swaps(inverted),
+                                          "reconstruction_db": _mean([r["reconstruction_db"] for r in inverted])}
     if g and "refine" in g[0]:
         refine = {
             "cases": len(g),
@@ -442,8 +477,8 @@ def save_grids(folder: Path, generated: list[dict], reweight: list, photos: list
     """Example grids, one PNG per claim, into ``folder``; returns the file names."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in ("swap", "refine", "blend", "attention"):
-        rows = [r[name] for r in generated]
+    for name in ("swap", "refine", "blend", "attention", "inverted"):
+        rows = [r[name] for r in generated if name in r]
         if rows:
             grid([t for row in rows for t in row], columns=len(rows[0])).save(folder / f"{name}.png")
             written.append(f"{name}.png")
@@ -456,11 +491,11 @@ def save_grids(folder: Path, generated: list[dict], reweight: list, photos: list
 
 def bench_shapes_claims(model: str = "shapes", seeds: int = 12, photos: int = 6, reweight_seeds: int = 6,
                         steps: int = 50, out: str | Path | None = None, blend_side: int | None = None,
-                        blend_threshold: float | None = None, parts: str = "bcdefg") -> dict:
+                        blend_threshold: float | None = None, parts: str = "bcdefgi") -> dict:
     """Every claim on ``model`` (a name or folder ``load_pipeline`` takes).
 
     ``blend_side``/``blend_threshold``: the local blend settings (default: the model's own from its
-    ``promptedit.json``, else SPEC's). ``parts``: which claims to run ("bcdg" share the generated
+    ``promptedit.json``, else SPEC's). ``parts``: which claims to run ("bcdgi" share the generated
     cases, "e" the reweighting, "f" the photos)."""
     from models.loading import load_pipeline
 
@@ -471,8 +506,9 @@ def bench_shapes_claims(model: str = "shapes", seeds: int = 12, photos: int = 6,
     pictures: dict[str, list] = {"generated": [], "reweight": [], "photos": []}
     keep = out is not None
     generated = {"records": [], "skipped_seeds": []}
-    if set(parts) & set("bcdg"):
-        generated = run_generated(pipe, seeds, blend, steps, pictures["generated"] if keep else None)
+    if set(parts) & set("bcdgi"):
+        generated = run_generated(pipe, seeds, blend, steps, pictures["generated"] if keep else None,
+                                  parts="".join(sorted(set(parts) & set("bcdgi"))))
     seconds = {"generated": round(time.perf_counter() - started)}
     reweight = run_reweight(pipe, reweight_seeds, steps, pictures["reweight"] if keep else None) if "e" in parts else None
     seconds["reweight"] = round(time.perf_counter() - started) - sum(seconds.values())
@@ -565,6 +601,11 @@ def print_claims(report: dict) -> str:
         swaps(f"(b) word swaps, generated ({c['b_generated']['p2p']['colour']['cases']} cases; detector ≥ "
               f"{t['detector']:.0%}, IoU ≥ {t['layout_iou']} colour/background, shape IoU ≥ {t['shape_iou']} and "
               f"centroid ≤ {t['centroid_px']} px): {_pf(c['b_generated']['passed'])}", c["b_generated"])
+    if "i_generated_inverted" in c:
+        i = c["i_generated_inverted"]
+        lines.append(f"(i) the same generated sources null-text inverted ({i['reconstruction_db']} dB), swapped from the "
+                     "inversion: " + ", ".join(f"{k} {s['changed']:.0%}/IoU {s['iou']:.2f}/{s['centroid_px_median']} px "
+                                               f"[{_pf(s['passed'])}]" for k, s in i["p2p"].items()))
     if "b_photos" in c:
         swaps(f"(b) word swaps, rendered photos, null-text: {_pf(c['b_photos']['passed'])}", c["b_photos"])
     if "c_refine" in c:

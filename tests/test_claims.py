@@ -214,6 +214,40 @@ def test_summary_applies_the_thresholds():
     assert not summary["colour"]["passed"] and not summary["shape"]["passed"]
 
 
+def test_swaps_from_an_inversion_are_reported_beside_b_without_a_verdict():
+    from bench.claims import summarize
+
+    good = {"changed": True, "iou": 0.9, "centroid_px": 1.0, "background_db": 35.0}
+    swaps = {"colour": good, "shape": dict(good, iou=0.75), "background": dict(good, background_db=float("nan"))}
+    moved = dict(swaps, background=dict(good, iou=0.1, background_db=float("nan")), reconstruction_db=36.0)
+    records = [{"p2p": swaps, "attention_iou": 0.6, "attention_side": 16, "inverted": moved}] * 2
+    claims = summarize({"records": records}, None, None, (16, 0.3))
+    inverted = claims["i_generated_inverted"]
+    assert inverted["reconstruction_db"] == 36.0
+    assert inverted["p2p"]["colour"]["passed"] and not inverted["p2p"]["background"]["passed"]
+    # a measurement beside (b), not a claim: the failing background swap from the inversion fails nothing
+    assert "passed" not in inverted and claims["b_generated"]["passed"]
+    records = [{k: v for k, v in r.items() if k != "inverted"} for r in records]
+    assert "i_generated_inverted" not in summarize({"records": records}, None, None, (16, 0.3))
+
+
+def test_bench_claims_parts_reach_the_generated_cases(monkeypatch):
+    import bench.claims as claims
+    import models.loading
+
+    seen = []
+    monkeypatch.setattr(models.loading, "load_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(claims, "blend_defaults", lambda pipe: BlendDefaults())
+    monkeypatch.setattr(claims, "run_generated",
+                        lambda pipe, count, blend, steps, pictures, parts: seen.append(parts) or {"records": [], "skipped_seeds": []})
+    monkeypatch.setattr(claims, "run_reweight", lambda *a, **k: seen.append("e"))
+    monkeypatch.setattr(claims, "run_photos", lambda *a, **k: seen.append("f") or {"records": []})
+    for asked, given in (("bcdefgi", ["bcdgi", "e", "f"]), ("bi", ["bi"]), ("di", ["di"]), ("bcdg", ["bcdg"]), ("ef", ["e", "f"])):
+        claims.bench_shapes_claims(parts=asked)
+        assert seen == given
+        seen.clear()
+
+
 # ---------------------------------------------------------------- the model's own blend defaults
 def test_blend_defaults_are_read_from_the_model_folder(tmp_path):
     assert read_blend_defaults(tmp_path) == BlendDefaults()
@@ -292,6 +326,26 @@ def test_f_real_photo_edits_keep_the_background(photos):
     values = [record["blend"][k]["background_db"] for k in record["blend"]]
     assert np.mean(values) >= THRESHOLDS["real_background_db"], record
     assert all(record["blend"][k]["changed"] for k in record["blend"]), record
+
+
+def test_i_an_inverted_generation_is_reconstructed_and_its_swaps_judged(shapes_pipe):
+    from bench.claims import GENERATED_SEEDS, noise, swap_from_inversion, uncontrolled
+    from bench.shapes import PSNR_GATE
+    from editing import edit
+    from eval.shapes import detect
+
+    case = make_case(GENERATED_SEEDS[0])
+    image = edit(shapes_pipe, uncontrolled([case.prompt] * 2), latents=noise(shapes_pipe, case.seed)).images[0]
+    source = Source.from_detection(image, detect(image))
+    prompts = swap_prompts(case.prompt, {"colour": case.colour, "shape": case.shape,
+                                         "background": case.background}, case.targets)
+    judged, images = swap_from_inversion(shapes_pipe, case.prompt, prompts, case.targets, source)
+    assert judged["reconstruction_db"] >= PSNR_GATE, judged
+    assert len(images) == 1 + len(SWAPS)
+    for j, kind in enumerate(SWAPS):  # each judgement is of its own swap's image
+        again = judge_swap(kind, case.targets[kind], source, images[1 + j])
+        assert {k: v for k, v in judged[kind].items() if k != "background_db"} == \
+               {k: v for k, v in again.items() if k != "background_db"}
 
 
 def test_edit_uses_the_models_blend_defaults_where_the_spec_gives_none(tmp_path):

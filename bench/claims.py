@@ -159,6 +159,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
     ``parts``: "b" also edits without control, "c" refines, "d" blends, "i" inverts the source and
     swaps from the inversion ((g) comes with every case)."""
     records, skipped = [], []
+    bar = tqdm(total=count, desc="claims: generated cases", file=sys.stderr)
     for seed in GENERATED_SEEDS:
         if len(records) >= count:
             break
@@ -172,6 +173,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
         source = Source.from_detection(p2p.images[0], found)
         if source is None or (source.shape, source.colour, source.background) != (case.shape, case.colour, case.background):
             skipped.append(seed)
+            bar.set_postfix(skipped=len(skipped))
             continue
         record = {
             "seed": seed, "prompt": case.prompt,
@@ -198,6 +200,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
             record["blend"] = {k: judge_swap(k, case.targets[k], Source(blended.images[0], source.mask, *_words(source)),
                                              blended.images[1 + i]) for i, k in enumerate(("colour", "shape"))}
         records.append(record)
+        bar.update(1)
         log.info("generated seed %s (%s): %s", seed, case.prompt,
                  {k: v["changed"] for k, v in record["p2p"].items()})
         shown: dict[str, list] = {}
@@ -222,6 +225,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
             })
         if shown:
             pictures.append(shown)
+    bar.close()
     return {"records": records, "skipped_seeds": skipped}
 
 
@@ -273,6 +277,7 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
     the source object, and the largest object's area."""
     curves: dict[str, list[list[float]]] = {"saturation": [], "area": []}
     skipped = []
+    bar = tqdm(total=count, desc="claims: reweighting cases", file=sys.stderr)
     for seed in GENERATED_SEEDS:
         if len(curves["area"]) >= count:
             break
@@ -285,7 +290,9 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
         source = Source.from_detection(images[0], found)
         if source is None or (source.shape, source.colour) != (case.shape, case.colour):
             skipped.append(seed)
+            bar.set_postfix(skipped=len(skipped))
             continue
+        bar.update(1)
         by_scale = {"saturation": dict(zip(others, images[1:1 + len(others)])),
                     "area": dict(zip(others, images[1 + len(others):]))}
         for name in by_scale:
@@ -297,6 +304,7 @@ def run_reweight(pipe, count: int, steps: int = 50, pictures: list | None = None
             for name, word in (("saturation", case.colour), ("area", "big")):
                 # "x", not "×": Pillow's default font draws × as a missing-glyph box
                 pictures.append([captioned(enlarged(by_scale[name][s], 128), f"{word} x{s:g}") for s in SCALES])
+    bar.close()
     means = {name: [round(statistics.mean(c[i] for c in values), 4) for i in range(len(SCALES))]
              for name, values in curves.items() if values}
     one = SCALES.index(1.0)
@@ -320,12 +328,12 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     for method in methods:
         started = time.perf_counter()
         found = invert(pipe, [s.image for s in scenes], [s.caption for s in scenes], method=method,
-                       num_steps=steps, num_inner_steps=inner_steps, progress=False)
+                       num_steps=steps, num_inner_steps=inner_steps, progress=True)
         inversions[method] = found if isinstance(found, list) else [found]
         seconds[method] = round((time.perf_counter() - started) / len(scenes), 1)
         log.info("inverted %d photos by %s in %.0f s", len(scenes), method, time.perf_counter() - started)
     records = []
-    for i, scene in enumerate(scenes):
+    for i, scene in enumerate(tqdm(scenes, desc="claims: photo edits", file=sys.stderr)):
         obj = scene.objects[0]
         source = Source(scene.image, scene.masks[0], obj.shape, obj.colour, scene.background)
         targets = pick_targets(np.random.default_rng(PHOTO_SEEDS[i]), obj.colour, obj.shape, scene.background)

@@ -328,6 +328,15 @@ def test_f_real_photo_edits_keep_the_background(photos):
     assert all(record["blend"][k]["changed"] for k in record["blend"]), record
 
 
+def test_the_generated_cases_show_a_progress_bar(shapes_pipe, capfd):
+    from bench.claims import model_blend, run_generated
+
+    found = run_generated(shapes_pipe, 1, model_blend(shapes_pipe), parts="")
+    assert len(found["records"]) == 1
+    err = capfd.readouterr().err
+    assert "claims: generated cases" in err and "1/1" in err, err
+
+
 def test_i_an_inverted_generation_is_reconstructed_and_its_swaps_judged(shapes_pipe):
     from bench.claims import GENERATED_SEEDS, noise, swap_from_inversion, uncontrolled
     from bench.shapes import PSNR_GATE

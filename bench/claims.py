@@ -153,7 +153,7 @@ def model_blend(pipe, side: int | None = None, threshold: float | None = None) -
 
 def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int = 50,
                   pictures: list | None = None, parts: str = "bcdg") -> dict:
-    """(b), (c), (d) and (g) on ``count`` generated cases (seeds whose source is right).
+    """(b), (c), (d), (g) and (i) on ``count`` generated cases (seeds whose source is right).
 
     ``blend``: (map side, threshold) for the local blend edits. ``pictures`` collects grid rows.
     ``parts``: "b" also edits without control, "c" refines, "d" blends, "i" inverts the source and

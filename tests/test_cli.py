@@ -171,3 +171,13 @@ def test_out_defaults_to_a_fresh_folder_under_outputs(tmp_path):
     made = list((tmp_path / "outputs").iterdir())
     assert len(made) == 1 and made[0].name.startswith("kitty-")
     assert (made[0] / "grid.png").is_file() and str(Path("outputs") / made[0].name) in proc.stdout
+
+
+def test_help_names_every_model_that_loads_offline_and_the_default():
+    from models.loading import DEFAULT_MODEL, OFFLINE_MODELS, SHIPPED_MODELS
+    from pipelines import edit_real
+
+    text = "".join(edit_real.build_parser().format_help().split())  # argparse may wrap at a hyphen
+    for name in [*SHIPPED_MODELS, *OFFLINE_MODELS, "tiny-xl"]:
+        assert f"'{name}'" in text, name
+    assert f"default{DEFAULT_MODEL}" in text

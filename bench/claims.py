@@ -238,8 +238,7 @@ def swap_from_inversion(pipe, prompt: str, prompts: dict[str, str], words: dict[
     image}, the edit's images: the reconstruction, then one per swap)."""
     from inversion import invert
 
-    found = invert(pipe, [source.image], [prompt], method="null-text", num_steps=steps, progress=False)
-    inv = found[0] if isinstance(found, list) else found
+    inv = invert(pipe, source.image, prompt, method="null-text", num_steps=steps, progress=False)
     result = edit(pipe, EditSpec([prompt, *prompts.values()], mode="replace"), inversion=inv)
     judged: dict = {k: judge_swap(k, words[k], source, result.images[1 + j]) for j, k in enumerate(prompts)}
     judged["reconstruction_db"] = psnr(np.asarray(source.image), np.asarray(result.images[0]))
@@ -327,9 +326,8 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     inversions, seconds = {}, {}
     for method in methods:
         started = time.perf_counter()
-        found = invert(pipe, [s.image for s in scenes], [s.caption for s in scenes], method=method,
-                       num_steps=steps, num_inner_steps=inner_steps, progress=True)
-        inversions[method] = found if isinstance(found, list) else [found]
+        inversions[method] = invert(pipe, [s.image for s in scenes], [s.caption for s in scenes], method=method,
+                                    num_steps=steps, num_inner_steps=inner_steps, progress=True)
         seconds[method] = round((time.perf_counter() - started) / len(scenes), 1)
         log.info("inverted %d photos by %s in %.0f s", len(scenes), method, time.perf_counter() - started)
     records = []

@@ -201,7 +201,7 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, help="source prompt: describes the photo")
     parser.add_argument("--tgt", action="append", required=True, help="target prompt (repeat for several)")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
-                        help="hub id (SD 1.x, 2.x, SDXL base; default CompVis/stable-diffusion-v1-4), local diffusers "
+                        help="hub id (SD 1.x, 2.x, SDXL base; default %(default)s), local diffusers "
                              "folder, 'shapes' (the bundled model trained on flat shapes, offline), or an offline "
                              "random-weight test model: 'tiny', 'tiny-xl' (SDXL-shaped), 'tiny-v' (v-prediction)")
     parser.add_argument("--steps", type=number_type("steps"), default=50, help="DDIM steps, 1…1000 (default 50)")

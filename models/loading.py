@@ -13,12 +13,12 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from data.images import resolve_size
+from models.names import DEFAULT_MODEL
 from models.tiny import SCHEDULER_CONFIG, TINY_V_VERSION, TINY_VERSION, build_tiny_pipeline, build_tiny_v_pipeline, tiny_model_dir
 from models.tokenizer import check_tokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Models that ship inside the package: name → diffusers folder.
 SHIPPED_MODELS = {"shapes": Path(__file__).parent / "shapes"}
 # Offline models built from configs with random weights on first use: name → (cache folder, builder).

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from data.numbers import LIMITS, parse_number
+from models.names import DEFAULT_MODEL
 
 # Everything this module imports at the top is light: a command parses and checks its options
 # before torch, diffusers or transformers are imported, so a refusal takes a fraction of a second.
@@ -200,7 +201,7 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     """The options every edit command takes (model, schedule, edit kind, outputs)."""
     parser.add_argument("--src", required=True, help="source prompt: describes the photo")
     parser.add_argument("--tgt", action="append", required=True, help="target prompt (repeat for several)")
-    parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
+    parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id (SD 1.x, 2.x, SDXL base; default %(default)s), local diffusers "
                              "folder, 'shapes' (the bundled model trained on flat shapes, offline), or an offline "
                              "random-weight test model: 'tiny', 'tiny-xl' (SDXL-shaped), 'tiny-v' (v-prediction)")

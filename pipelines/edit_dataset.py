@@ -39,6 +39,7 @@ from pipelines.cli import (
     run_cli,
     spec_from_options,
 )
+from models.names import DEFAULT_MODEL
 from pipelines.score import check_score_options
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("manifest", nargs="?", help="JSONL manifest (id, image, src, tgt, options)")
     parser.add_argument("--pie-bench", metavar="ROOT", help="PIE-Bench root (or its mapping_file.json) instead of a manifest")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4", help="hub id, local folder or 'tiny'")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local folder or 'tiny'")
     parser.add_argument("--device", default=None, help="default: this process's accelerator device")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"])
     parser.add_argument("--seed", type=number_type("seed"), default=0, help="random seed, 0…2**64-1 (default 0)")

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.names import DEFAULT_MODEL
 from pipelines.cli import (
     OneLineParser,
     UsageError,
@@ -93,7 +94,7 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
     return RealEdit(image, inv, result, seconds, original_size=shown)
 
 
-def edit_real_photo(photo, src: str, tgts, *, model="CompVis/stable-diffusion-v1-4", pipe=None,
+def edit_real_photo(photo, src: str, tgts, *, model=DEFAULT_MODEL, pipe=None,
                     inversion="null-text", steps=50, guidance=7.5, inner_steps=10, cross_replace=0.8,
                     self_replace=0.4, reweight=None, blend=None, mode="auto", crop="center", seed=0,
                     device=None, dtype=None, cache_dir=None, attention=False, progress=True, size="auto"):

@@ -407,6 +407,19 @@ def summarize_swaps(judged: list[dict[str, dict]]) -> dict:
     return out
 
 
+def summarize_refine(judged: list[dict], details: bool = True) -> dict:
+    """(c)'s figures over ``judge_refine`` dicts: cases, the fraction made, the median centroid
+    distance and the mean fraction of source pixels kept inside; with ``details`` also how often
+    each added word took and how often a big object fits in place."""
+    out = {"cases": len(judged), "changed": _mean([float(r["changed"]) for r in judged]),
+           "centroid_px_median": _median([r["centroid_px"] for r in judged]),
+           "kept_inside": _mean([r["kept_inside"] for r in judged])}
+    if details:
+        out.update({key: _mean([float(r[key]) for r in judged])
+                    for key in ("size_changed", "background_changed", "fits_in_place")})
+    return out
+
+
 def summarize(generated: dict, reweight: dict | None, photos: dict | None, blend: tuple) -> dict:
     """The claims table: every claim's numbers, threshold and verdict."""
     claims: dict = {}
@@ -420,21 +433,14 @@ def summarize(generated: dict, reweight: dict | None, photos: dict | None, blend
         claims["i_generated_inverted"] = {"p2p": summarize_swaps(inverted),
                                           "reconstruction_db": _mean([r["reconstruction_db"] for r in inverted])}
     if g and "refine" in g[0]:
-        refine = {
-            "cases": len(g),
-            "changed": _mean([float(r["refine"]["changed"]) for r in g]),
-            "centroid_px_median": _median([r["refine"]["centroid_px"] for r in g]),
-            "kept_inside": _mean([r["refine"]["kept_inside"] for r in g]),
-            "size_changed": _mean([float(r["refine"]["size_changed"]) for r in g]),
-            "background_changed": _mean([float(r["refine"]["background_changed"]) for r in g]),
-            "fits_in_place": _mean([float(r["refine"]["fits_in_place"]) for r in g]),
-            "plain": {"changed": _mean([float(r["refine_plain"]["changed"]) for r in g]),
-                      "centroid_px_median": _median([r["refine_plain"]["centroid_px"] for r in g]),
-                      "kept_inside": _mean([r["refine_plain"]["kept_inside"] for r in g])},
-        }
+        refine = dict(summarize_refine([r["refine"] for r in g]),
+                      plain=summarize_refine([r["refine_plain"] for r in g], details=False))
         refine["passed"] = bool(refine["changed"] >= THRESHOLDS["detector"]
                                 and refine["centroid_px_median"] <= THRESHOLDS["centroid_px"]
                                 and refine["kept_inside"] >= THRESHOLDS["kept_inside"])
+        # beside the verdict: the sources where the world can draw a big object in place at all
+        fitting = [r["refine"] for r in g if r["refine"]["fits_in_place"]]
+        refine["where_it_fits"] = summarize_refine(fitting, details=False) if fitting else None
         claims["c_refine"] = refine
     if g and "blend" in g[0]:
         blended = summarize_swaps([r["blend"] for r in g])
@@ -621,6 +627,10 @@ def print_claims(report: dict) -> str:
                      f" px, {r['plain']['kept_inside']:.0%}): {_pf(r['passed'])}")
         lines.append(f"    size word made {r['size_changed']:.0%}, background word {r['background_changed']:.0%}; "
                      f"a big object fits in place for {r['fits_in_place']:.0%} of the sources")
+        if r.get("where_it_fits"):
+            f = r["where_it_fits"]
+            lines.append(f"    where it fits ({f['cases']} cases): changed {f['changed']:.0%}, centroid median "
+                         f"{f['centroid_px_median']} px, kept inside {f['kept_inside']:.0%}")
     if "d_local_blend" in c:
         d = c["d_local_blend"]
         lines.append(f"(d) local blend (side {d['map_side']}, threshold {d['threshold']}): background {d['background_db']} dB"

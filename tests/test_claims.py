@@ -231,6 +231,27 @@ def test_swaps_from_an_inversion_are_reported_beside_b_without_a_verdict():
     assert "i_generated_inverted" not in summarize({"records": records}, None, None, (16, 0.3))
 
 
+def test_refinement_is_also_reported_where_a_big_object_fits_without_changing_the_verdict():
+    from bench.claims import summarize
+
+    good = {"changed": True, "iou": 0.9, "centroid_px": 1.0, "background_db": 35.0}
+    swaps = {"colour": good, "shape": dict(good, iou=0.75), "background": dict(good, background_db=float("nan"))}
+    kept = {"changed": True, "size_changed": True, "background_changed": True, "centroid_px": 1.0,
+            "kept_inside": 0.95, "fits_in_place": True}
+    moved = dict(kept, centroid_px=20.0, kept_inside=0.0, fits_in_place=False)
+    muddy = dict(kept, changed=False, size_changed=False, centroid_px=9.0, kept_inside=0.1)
+    plain = dict(kept, centroid_px=12.0, kept_inside=0.5)
+    records = [{"p2p": swaps, "plain": swaps, "attention_iou": 0.6, "attention_side": 16, "refine": r,
+                "refine_plain": plain} for r in (kept, kept, kept, moved, muddy)]
+    refine = summarize({"records": records}, None, None, (16, 0.3))["c_refine"]
+    assert refine["cases"] == 5 and refine["fits_in_place"] == 0.8 and not refine["passed"]
+    assert refine["kept_inside"] == pytest.approx((3 * 0.95 + 0.1) / 5, abs=1e-3)
+    fits = refine["where_it_fits"]  # the case that cannot stay in place left out, the muddy one kept
+    assert fits["cases"] == 4 and fits["changed"] == 0.75 and fits["centroid_px_median"] == 1.0
+    assert fits["kept_inside"] == pytest.approx((3 * 0.95 + 0.1) / 4, abs=1e-3)
+    assert refine["plain"] == {"cases": 5, "changed": 1.0, "centroid_px_median": 12.0, "kept_inside": 0.5}
+
+
 def test_bench_claims_parts_reach_the_generated_cases(monkeypatch):
     import bench.claims as claims
     import models.loading

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from models.names import DEFAULT_MODEL
 from pipelines.cli import (
     OneLineParser,
     parse_size_option,
@@ -39,7 +40,6 @@ from pipelines.cli import (
     run_cli,
     spec_from_options,
 )
-from models.names import DEFAULT_MODEL
 from pipelines.score import check_score_options
 
 log = logging.getLogger(__name__)

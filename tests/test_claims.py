@@ -250,6 +250,13 @@ def test_refinement_is_also_reported_where_a_big_object_fits_without_changing_th
     assert fits["cases"] == 4 and fits["changed"] == 0.75 and fits["centroid_px_median"] == 1.0
     assert fits["kept_inside"] == pytest.approx((3 * 0.95 + 0.1) / 4, abs=1e-3)
     assert refine["plain"] == {"cases": 5, "changed": 1.0, "centroid_px_median": 12.0, "kept_inside": 0.5}
+    # the verdict stays the whole set's even where every source with room would pass on its own
+    records = records[:3] + [records[3], records[0]]  # kept ×4, moved ×1
+    refine = summarize({"records": records}, None, None, (16, 0.3))["c_refine"]
+    assert refine["where_it_fits"]["kept_inside"] >= 0.85 and refine["where_it_fits"]["centroid_px_median"] <= 3.0
+    assert not refine["passed"]
+    no_room = [dict(r, refine=moved) for r in records]
+    assert summarize({"records": no_room}, None, None, (16, 0.3))["c_refine"]["where_it_fits"] is None
 
 
 def test_bench_claims_parts_reach_the_generated_cases(monkeypatch):

@@ -4,7 +4,8 @@ A JSONL line: ``{"id": "cat1", "image": "photos/cat.jpg", "src": "...", "tgt": "
 ...options}``; relative image paths are resolved against the manifest's folder. Any other key is
 a per-job edit option overriding the command line (``steps``, ``guidance``, ``mode``,
 ``cross_replace``, ``self_replace``, ``reweight``, ``blend``, ``inversion``, ``inner_steps``,
-``crop``, ``size``, ``blend_threshold``).
+``crop``, ``size``, ``blend_threshold``, ``fixed_point_steps``, ``fixed_point_anchor``, ``prox``,
+``prox_quantile``, ``latent_guard``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from data.numbers import check_number, limited
 from data.pie_bench import ManifestError, load_mapping
 
 OPTION_KEYS = {"steps", "guidance", "mode", "cross_replace", "self_replace", "reweight", "blend", "inversion",
-               "inner_steps", "crop", "size", "blend_threshold"}
+               "inner_steps", "crop", "size", "blend_threshold", "fixed_point_steps", "fixed_point_anchor", "prox",
+               "prox_quantile", "latent_guard"}
+# The names a user picks an inversion or a proximal mode by (torch-free, so that every entry point
+# checks them before a model loads; ``inversion.METHODS`` and ``editing.proximal`` use these).
+INVERSION_METHODS = ("null-text", "negative-prompt", "ddim", "direct", "fixed-point")
+PROX_MODES = ("l0", "l1")
 # P2P settings of PIE-Bench's published runs (run_editing_p2p.py)
 PIE_BENCH_OPTIONS = {"cross_replace": 0.4, "self_replace": 0.6, "steps": 50, "guidance": 7.5}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,9 +58,14 @@ def check_options(options: dict, where: str) -> None:
     Structure beyond numbers (a word that is not in a prompt, start after end) is the
     ``EditSpec``'s to check, and fails that job alone.
     """
-    for key in ("steps", "inner_steps", "guidance", "blend_threshold"):
+    for key in ("steps", "inner_steps", "guidance", "blend_threshold", "fixed_point_steps", "fixed_point_anchor",
+                "prox_quantile", "latent_guard"):
         if key in options:
             limited(key, options[key], f"{where}: {key} =", ManifestError)
+    for key, names, off in (("inversion", INVERSION_METHODS, ""), ("prox", PROX_MODES, " (or null: plain guidance)")):
+        if key in options and options[key] not in names and not (off and options[key] is None):
+            raise ManifestError(f"{where}: {key} = {json.dumps(options[key])} is unknown: use one of "
+                                f"{', '.join(names)}{off}")
     for key in ("cross_replace", "self_replace"):
         value = options.get(key)
         if isinstance(value, dict) and key == "cross_replace":

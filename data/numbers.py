@@ -31,6 +31,13 @@ LIMITS: dict[str, dict] = {
                      hint="an attention scale; the paper uses -2…2 (larger magnitudes overflow)"),
     "seed": dict(low=0, high=2**64 - 1, integer=True, hint="a random seed"),
     "batch_size": dict(low=1, integer=True, hint="photos inverted together in one UNet batch"),
+    "fixed_point_steps": dict(low=0, high=1000, integer=True,
+                              hint="fixed-point AdamW steps per DDIM step; SPDInv uses 25, DCI's paper 5"),
+    "fixed_point_anchor": dict(low=0, high=100, hint="DCI's anchor strength λ; its paper uses 2 (0: none, SPDInv)"),
+    "prox_quantile": dict(low=-100, high=1, hint="the proximal threshold's quantile of |ε_c − ε_u| (the authors "
+                                                 "use 0.75 on PIE-Bench); ≤ 0: −Q is a fixed threshold"),
+    "latent_guard": dict(low=0, high=1000, integer=True,
+                         hint="the timestep below which the latent guard acts; the authors use 400 (0: off)"),
     "early_stop_epsilon": dict(low=0, hint="null-text's loss threshold; the paper uses 1e-5 (a large one "
                                            "stops after one Adam step)"),
 }

@@ -21,6 +21,7 @@ from editing.controllers import (
     reweight_edit,
     replace_edit,
 )
+from editing.proximal import LatentGuard, Proximal
 from editing.sampler import denoise
 from editing.spec import EditSpec, EditSpecError
 from models.codec import (PromptError, check_prompt, decode_latents, encode_null, encode_prompts, is_xl, time_ids,
@@ -218,8 +219,8 @@ def edit(
             prompt's embedding (SDXL: what diffusers uses for an empty negative prompt).
         num_steps: DDIM steps T (default 50, or the inversion's).
         guidance_scale: w (default 7.5, or the inversion's).
-        inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T), its null embeddings
-            and, on SDXL, the photo's size and crop conditions (its time ids; without an
+        inversion: an ``inversion.Inversion``; supplies ``latents`` (its x_T), its null embeddings,
+            its source-row offsets (DirectInversion), its trajectory (for ``spec.latent_guard``) and, on SDXL, the photo's size and crop conditions (its time ids; without an
             inversion they are the model's native size, uncropped).
         return_attention: keep the averaged cross-attention maps in ``result.attention``.
         on_step: called after each denoising step with (steps done, num_steps); it may raise to
@@ -242,7 +243,8 @@ def edit(
                 "edit with the inversion's number of steps (or invert again)"
             )
         num_steps = inversion.num_steps
-        if guidance_scale is not None and guidance_scale != inversion.guidance_scale and inversion.method == "null-text":
+        made_for_w = inversion.method == "null-text" or inversion.offsets is not None
+        if guidance_scale is not None and guidance_scale != inversion.guidance_scale and made_for_w:
             log.warning("editing at guidance %s an inversion optimized for %s: the source will not reconstruct well",
                         guidance_scale, inversion.guidance_scale)
         guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
@@ -262,6 +264,13 @@ def edit(
     if ids is None and is_xl(pipe):  # a generated image: SDXL is told its own size, uncropped
         pixels = (latent_hw[0] * pipe.vae_scale_factor, latent_hw[1] * pipe.vae_scale_factor)
         ids = time_ids(pixels, (0, 0), pixels)
+    prox = None if spec.prox is None else Proximal(spec.prox, float(spec.prox_quantile))
+    guard = None
+    if spec.latent_guard:
+        if inversion is None:
+            raise EditSpecError("the latent guard puts rows back on an inversion's trajectory: "
+                                "edit with inversion=..., or set latent_guard to 0")
+        guard = LatentGuard(inversion.trajectory, int(spec.latent_guard), int(spec.guard_radius), float(spec.guard_rate))
     model_blend = blend_defaults(pipe)
     controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention,
                                   latent_hw=latent_hw, native_side=native, model_blend=model_blend)
@@ -269,7 +278,9 @@ def edit(
     started = time.perf_counter()
     cond = encode_prompts(pipe, spec.prompts, ids)
     uncond = null_embeddings if null_embeddings is not None else encode_null(pipe)
-    final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress, on_step)
+    final, stats = denoise(pipe, cond, uncond, latents, controller, num_steps, guidance_scale, progress, on_step,
+                           source_offsets=None if inversion is None else inversion.offsets,
+                           prox=prox, guard=guard)
     denoised = time.perf_counter()
     images = decode_latents(pipe, final)
     result = EditResult(

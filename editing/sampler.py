@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 
 from editing.controllers import Controller
 from editing.processor import controlled_attention
+from editing.proximal import LatentGuard, Proximal, apply_guard, guard_keep, proximal_delta
 from models.conditioning import Conditioning
-from models.guidance import guided_noise
+from models.guidance import noise_pair
 
 
 @torch.no_grad()
@@ -28,6 +29,9 @@ def denoise(
     guidance_scale: float,
     progress: bool = False,
     on_step: Callable[[int, int], None] | None = None,
+    source_offsets: torch.Tensor | None = None,
+    prox: Proximal | None = None,
+    guard: LatentGuard | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Run ``num_steps`` DDIM steps on B rows at once.
 
@@ -41,6 +45,16 @@ def denoise(
         controller: attention controller, or None.
         on_step: called after each step with (steps done, num_steps); it may raise to stop the
             loop between steps (cooperative cancellation).
+        source_offsets: [T, 1, 4, h, w] added to row 0 (the source) after each scheduler step,
+            before the controller's step end (DirectInversion's offsets); None: nothing added.
+        prox: proximal guidance (``editing.proximal``): the guidance difference of the whole
+            batch is thresholded before the guided step; None: plain guidance.
+        guard: the latent guard (needs ``prox``): after each scheduler step at a timestep below
+            ``guard.timestep``, every row is put back on ``guard.trajectory`` outside the region
+            where the proximal step kept guidance.
+
+    Order within a step: UNet, guidance (proximal or plain), scheduler step, source offset, latent
+    guard, then the controller (local blend).
 
     Returns:
         (latents [B, 4, h, w], stats): stats counts UNet calls and explicit/fused attention calls.
@@ -53,11 +67,23 @@ def denoise(
     per_step = uncond.ndim == 4
     if per_step and uncond.shape[0] < num_steps:
         raise ValueError(f"{uncond.shape[0]} null embeddings for {num_steps} steps: invert with the same number of steps")
+    if source_offsets is not None and source_offsets.shape[0] != num_steps:
+        raise ValueError(f"{source_offsets.shape[0]} offsets for {num_steps} steps: invert with the same number of steps")
+    if guard is not None and (prox is None or guard.trajectory.shape[0] != num_steps + 1):
+        raise ValueError("the latent guard needs proximal guidance and a trajectory of num_steps + 1 latents")
     with controlled_attention(pipe.unet, controller) as hook:
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="editing", disable=not progress, leave=False)):
             hook.step = i
-            noise = guided_noise(pipe, z, t, cond, uncond[i] if per_step else uncond, guidance_scale)
-            z = scheduler.step(noise, t, z, eta=0.0).prev_sample
+            out_uncond, out_cond = noise_pair(pipe, z, t, cond, uncond[i] if per_step else uncond)
+            delta = out_cond - out_uncond
+            if prox is not None:
+                delta, tau = proximal_delta(delta, prox)
+            z = scheduler.step(out_uncond + guidance_scale * delta, t, z, eta=0.0).prev_sample
+            if source_offsets is not None:
+                z = torch.cat([z[:1] + source_offsets[i].to(z.device, z.dtype), z[1:]])
+            if guard is not None and int(t) < guard.timestep:
+                target = guard.trajectory[num_steps - i - 1]
+                z = apply_guard(z, target, guard_keep(delta, tau, guard.radius), guard.rate)
             if controller is not None:
                 z = controller.on_step_end(z, i)
             if on_step is not None:

@@ -7,6 +7,7 @@ from typing import Union
 
 from data.numbers import check_number, limited
 from editing.align import word_matches
+from editing.proximal import PROX_MODES
 
 Steps = Union[float, tuple[float, float]]
 CrossSteps = Union[float, tuple[float, float], dict[str, Steps]]
@@ -65,6 +66,14 @@ class EditSpec:
             read, whatever their shape (None: the model's own default from ``promptedit.json``,
             else a quarter of the latent's sides, or the smallest maps the down/up paths have if
             no layer is that small).
+        prox: proximal guidance (ProxEdit), "l0" or "l1" as the authors name them (see
+            ``editing.proximal``), or None (plain guidance, the default).
+        prox_quantile: Q, τ = the Q-quantile of |ε_c − ε_u| over the batch (Q ≤ 0: τ = −Q); the
+            authors' PIE-Bench runs use 0.75.
+        latent_guard: the latent guard's timestep T_g (0: off; the authors use 400): at
+            timesteps below it, outside the proximal step's region dilated by ``guard_radius``
+            latent pixels, every row is put back on the inversion's trajectory (by
+            ``guard_rate``, 1: replaced). Needs ``prox`` and an inversion.
     """
 
     prompts: list[str]
@@ -78,6 +87,11 @@ class EditSpec:
     blend_start: float = 0.2
     self_replace_max_pixels: int = 32 * 32
     blend_resolution: int | None = None
+    prox: str | None = None
+    prox_quantile: float = 0.75
+    latent_guard: int = 0
+    guard_radius: int = 1
+    guard_rate: float = 1.0
     _cross_windows: dict[str, tuple[float, float]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,6 +131,20 @@ class EditSpec:
         if self.blend_resolution is not None:
             check_number(self.blend_resolution, "blend_resolution =", low=1, integer=True,
                          hint="the side of the cross-attention maps the blend reads", error=EditSpecError)
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
+        if self.prox is not None and self.prox not in PROX_MODES:
+            raise EditSpecError(f"prox {self.prox!r} is unknown: use one of {', '.join(PROX_MODES)}, or None for plain guidance")
+        limited("prox_quantile", self.prox_quantile, "prox_quantile =", EditSpecError)
+        self.latent_guard = limited("latent_guard", self.latent_guard, "latent_guard =", EditSpecError)
+        check_number(self.guard_radius, "guard_radius =", low=0, high=64, integer=True,
+                     hint="latent pixels the guard's edit region is dilated by (the authors use 1)", error=EditSpecError)
+        check_number(self.guard_rate, "guard_rate =", low=0, high=1,
+                     hint="how far the guard pulls a latent back (1: replaced, the authors' value)", error=EditSpecError)
+        if self.latent_guard and self.prox is None:
+            raise EditSpecError("the latent guard acts outside the region proximal guidance keeps: "
+                                "turn proximal guidance on too (prox 'l0' or 'l1', --prox l0), or set latent_guard to 0")
 
     def _check_cross_steps(self) -> dict[str, tuple[float, float]]:
         value = self.cross_replace_steps

@@ -13,8 +13,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data.images import Crop, SizeRequest, image_hash, load_image, load_photo, photo_geometry
+from data.manifest import INVERSION_METHODS
 from data.numbers import limited
+from inversion import fixed_point
 from inversion.ddim import ddim_inversion
+from inversion.direct import direct_offsets
 from inversion.negative_prompt import negative_prompt_embeddings
 from inversion.null_text import OPTIMIZE_POOLED, InversionError, null_text_optimization
 from inversion.result import Inversion, cache_key, cache_path, load_cached
@@ -33,7 +36,7 @@ from models.guidance import guided_noise
 from models.loading import weights_fingerprint, working_size
 
 log = logging.getLogger(__name__)
-METHODS = ("null-text", "negative-prompt", "ddim")
+METHODS = INVERSION_METHODS
 
 
 def _key(pipe, image: Image.Image, prompt: str, method: str, params: dict, weights: str) -> str:
@@ -82,7 +85,7 @@ def _stage(on_step, stage: str):
 
 
 def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_inner_steps, early_stop_epsilon, progress,
-                  on_step=None):
+                  on_step=None, fixed_point_steps=fixed_point.STEPS, fixed_point_anchor=0.0):
     timings = {}
     started = time.perf_counter()
     latent = torch.cat([encode_image(pipe, im) for im in images])
@@ -90,13 +93,20 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
     cond = encode_prompts(pipe, prompts, ids)
     timings["encode"] = time.perf_counter() - started
     counter = _UnetCounter(pipe.unet)
+    counts = {"unet_forward": 0, "unet_backward": 0}
+    per_item: dict = {}
+    nulls = offsets = None
     try:
         started = time.perf_counter()
-        trajectory = ddim_inversion(pipe, latent, cond, num_steps, progress=progress,
-                                    on_step=_stage(on_step, "ddim inversion"))
-        timings["ddim_inversion"] = time.perf_counter() - started
-        counts = {"unet_forward": 0, "unet_backward": 0}
-        per_item: dict = {}
+        if method == "fixed-point":
+            trajectory, per_item = fixed_point.fixed_point_inversion(
+                pipe, latent, cond, num_steps, max_steps=fixed_point_steps, anchor=fixed_point_anchor,
+                progress=progress, counts=counts, on_step=_stage(on_step, "fixed-point"))
+            timings["fixed_point"] = time.perf_counter() - started
+        else:
+            trajectory = ddim_inversion(pipe, latent, cond, num_steps, progress=progress,
+                                        on_step=_stage(on_step, "ddim inversion"))
+            timings["ddim_inversion"] = time.perf_counter() - started
         started = time.perf_counter()
         if method == "null-text":
             nulls, per_item = null_text_optimization(
@@ -105,10 +115,12 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
                 on_step=_stage(on_step, "null-text"),
             )
             timings["null_text"] = time.perf_counter() - started
-        elif method == "negative-prompt":
+        elif method == "direct":
+            offsets = direct_offsets(pipe, trajectory, cond, encode_null(pipe), num_steps, guidance_scale,
+                                     progress=progress, on_step=_stage(on_step, "direct offsets"))
+            timings["direct_offsets"] = time.perf_counter() - started
+        elif method in ("negative-prompt", "fixed-point"):  # the source prompt as every step's negative
             nulls = negative_prompt_embeddings(cond, num_steps)
-        else:
-            nulls = None
         forward = counter.calls
     finally:
         counter.close()
@@ -123,10 +135,8 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
             "unet_backward": counts["unet_backward"],
             "batch_size": len(images),
         }
-        if per_item:
-            stats["final_loss"] = [step[k] for step in per_item["final_loss"]]
-            stats["inner_steps"] = [step[k] for step in per_item["inner_steps"]]
-            stats["latent_error"] = per_item["latent_error"][k]
+        for name, values in per_item.items():  # per step and item, or (latent_error) per item
+            stats[name] = values[k] if name == "latent_error" else [step[k] for step in values]
         results.append(
             Inversion(
                 trajectory=trajectory[:, k : k + 1].cpu(),
@@ -140,6 +150,7 @@ def _invert_batch(pipe, images, prompts, method, num_steps, guidance_scale, num_
                 stats=stats,
                 null_pooled=None if pooled is None else pooled[:, k : k + 1].cpu(),
                 time_ids=None if ids is None else ids[k : k + 1].cpu(),
+                offsets=None if offsets is None else offsets[:, k : k + 1].contiguous(),
             )
         )
     return results
@@ -159,6 +170,8 @@ def invert(
     crop: Crop = "center",
     on_step: Callable[[str, int, int], None] | None = None,
     size: SizeRequest | None = "auto",
+    fixed_point_steps: int | None = None,
+    fixed_point_anchor: float = 0.0,
 ) -> Inversion | list[Inversion]:
     """Invert photo(s) into a DDIM starting latent and per-step null embeddings.
 
@@ -167,9 +180,16 @@ def invert(
         image: a path or PIL image, or a list of them (inverted together in one UNet batch).
         prompt: the source prompt describing the photo, or one per image.
         method: "null-text" (optimized null embeddings), "negative-prompt" (the prompt's own
-            embedding, no optimization) or "ddim" (plain DDIM inversion, no null embeddings).
+            embedding, no optimization), "ddim" (plain DDIM inversion, no null embeddings),
+            "direct" (DirectInversion: DDIM inversion plus per-step offsets that put the edit's
+            source row back on the trajectory) or "fixed-point" (SPDInv: each inversion step
+            refined to a fixed point; the prompt's own embedding as negative, as negative-prompt).
         num_steps, guidance_scale: DDIM steps T and the guidance w the edit will use.
         num_inner_steps, early_stop_epsilon: null-text's Adam steps per DDIM step and threshold.
+        fixed_point_steps: fixed-point's most AdamW steps per DDIM step (default 25, SPDInv's; 5
+            with an anchor, DCI's paper).
+        fixed_point_anchor: DCI's λ, the pull of the predicted noise toward the photo's latent
+            (0, the default: SPDInv; DCI's paper uses 2).
         cache_dir: a folder in which results are stored and looked up (invert once, edit many).
         crop: offsets (left, right, top, bottom) cut off the photo first, or "center" (none).
         size: the working size: "auto" (the photo's own aspect ratio at the model's native area,
@@ -178,7 +198,7 @@ def invert(
             images are used as they are (already at a working size). Photos of different working
             sizes are inverted in separate batches.
         on_step: called after every step with (stage, steps done, steps in the stage), the stage
-            being "ddim inversion" or "null-text"; it may raise to stop the inversion between
+            being "ddim inversion", "null-text", "direct offsets" or "fixed-point"; it may raise to stop the inversion between
             steps (cooperative cancellation: nothing is cached then). Not called on a cache hit.
 
     Returns:
@@ -195,6 +215,10 @@ def invert(
     num_inner_steps = limited("inner_steps", num_inner_steps, "num_inner_steps =", ValueError)
     guidance_scale = limited("guidance", guidance_scale, "guidance_scale =", ValueError)
     early_stop_epsilon = limited("early_stop_epsilon", early_stop_epsilon, "early_stop_epsilon =", ValueError)
+    fixed_point_anchor = limited("fixed_point_anchor", fixed_point_anchor, "fixed_point_anchor =", ValueError)
+    if fixed_point_steps is None:
+        fixed_point_steps = fixed_point.ANCHOR_STEPS if fixed_point_anchor else fixed_point.STEPS
+    fixed_point_steps = limited("fixed_point_steps", fixed_point_steps, "fixed_point_steps =", ValueError)
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
     prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
@@ -210,6 +234,9 @@ def invert(
         params.update(num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon)
         if is_xl(pipe):
             params.update(optimize_pooled=OPTIMIZE_POOLED)
+    elif method == "fixed-point":
+        params.update(fixed_point_steps=fixed_point_steps, fixed_point_anchor=fixed_point_anchor,
+                      lr=fixed_point.LEARNING_RATE, threshold=fixed_point.THRESHOLD)
 
     results: list[Inversion | None] = [None] * len(images)
     keys: list[str] = []
@@ -231,6 +258,7 @@ def invert(
         fresh = _invert_batch(
             pipe, [images[k] for k in todo], [prompts[k] for k in todo], method, num_steps,
             guidance_scale, num_inner_steps, early_stop_epsilon, progress, on_step,
+            fixed_point_steps, fixed_point_anchor,
         )
         for k, inv in zip(todo, fresh):
             inv.stats["cache_hit"] = False
@@ -244,7 +272,8 @@ def invert(
 @torch.no_grad()
 def reconstruct_latent(pipe, inv: Inversion, progress: bool = False) -> torch.Tensor:
     """The source branch alone: guided DDIM sampling from ``inv.x_T`` with its null embeddings
-    (the empty prompt's for "ddim"). Returns the final latent [1, 4, h, w]."""
+    (the empty prompt's where it has none) and its offsets after each step where it has them
+    (DirectInversion's, which land it on z*_0). Returns the final latent [1, 4, h, w]."""
     cond = encode_prompts(pipe, [inv.prompt], inv.time_ids)
     nulls = inv.nulls
     scheduler = pipe.scheduler
@@ -254,6 +283,8 @@ def reconstruct_latent(pipe, inv: Inversion, progress: bool = False) -> torch.Te
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="reconstruction", disable=not progress, leave=False)):
         noise = guided_noise(pipe, z, t, cond, empty if nulls is None else nulls[i], inv.guidance_scale)
         z = scheduler.step(noise, t, z, eta=0.0).prev_sample
+        if inv.offsets is not None:
+            z = z + inv.offsets[i].to(z.device, z.dtype)
     return z
 
 

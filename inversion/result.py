@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+# the tensors a record may carry besides its trajectory, in the order ``load`` reads them
+_OPTIONAL = ("null_embeddings", "null_pooled", "time_ids", "offsets")
+
+
 class InversionCacheError(ValueError):
     """A saved inversion could not be read (missing, truncated or not an inversion file)."""
 
@@ -32,9 +36,10 @@ class Inversion:
 
     Attributes:
         trajectory: DDIM-inversion latents z_0 … z_T, [T+1, 1, 4, h, w].
-        null_embeddings: one unconditional embedding per step [T, 1, 77, d], or None ("ddim").
+        null_embeddings: one unconditional embedding per step [T, 1, 77, d], or None (the edit
+            then uses the empty prompt's: "ddim", "direct").
         prompt: the source prompt it was inverted with.
-        method: "null-text", "negative-prompt" or "ddim".
+        method: "null-text", "negative-prompt", "ddim", "direct" or "fixed-point".
         num_steps, guidance_scale: the DDIM steps T and the guidance w it was made for.
         model_id: the model it belongs to.
         image_hash: SHA-256 of the preprocessed image.
@@ -43,6 +48,8 @@ class Inversion:
         null_pooled: SDXL: the per-step pooled unconditional embeddings [T, 1, p], else None.
         time_ids: SDXL: the photo's added conditions [1, 6] (original h, w, crop top, left,
             target h, w) the inversion was made with, which an edit must use too; else None.
+        offsets: DirectInversion's per-step latent offsets [T, 1, 4, h, w], added to the edit's
+            source row after each step (``editing.sampler.denoise``), else None.
     """
 
     trajectory: torch.Tensor
@@ -56,6 +63,7 @@ class Inversion:
     stats: dict = field(default_factory=dict)
     null_pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
 
     @property
     def nulls(self) -> torch.Tensor | Conditioning | None:
@@ -92,7 +100,7 @@ class Inversion:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"trajectory": self.trajectory.detach().cpu().contiguous()}
-        for name in ("null_embeddings", "null_pooled", "time_ids"):
+        for name in _OPTIONAL:
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name).detach().cpu().contiguous()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -116,15 +124,14 @@ class Inversion:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["inversion"])
                 trajectory = f.get_tensor("trajectory")
-                nulls, pooled, ids = (f.get_tensor(k) if k in f.keys() else None
-                                      for k in ("null_embeddings", "null_pooled", "time_ids"))
+                nulls, pooled, ids, offsets = (f.get_tensor(k) if k in f.keys() else None for k in _OPTIONAL)
         except Exception as exc:  # safetensors raises several kinds for a damaged file
             raise InversionCacheError(f"{path}: not a readable inversion file ({type(exc).__name__}: {exc})") from None
         if meta.get("format") != FORMAT_VERSION:
             raise InversionCacheError(f"{path}: written by another version of this code (format {meta.get('format')})")
         steps = int(meta["num_steps"])
         if (trajectory.shape[0] != steps + 1 or (nulls is not None and nulls.shape[0] != steps)
-                or (pooled is not None and pooled.shape[0] != steps)):
+                or any(x is not None and x.shape[0] != steps for x in (pooled, offsets))):
             raise InversionCacheError(f"{path}: tensor shapes do not match {steps} steps")
         return cls(
             trajectory=trajectory,
@@ -138,6 +145,7 @@ class Inversion:
             stats=meta.get("stats", {}),
             null_pooled=pooled,
             time_ids=ids,
+            offsets=offsets,
         )
 
 

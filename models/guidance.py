@@ -21,7 +21,18 @@ def guided_noise(
     Returns:
         The guided model output [B, 4, h, w] (what the scheduler's ``step`` takes).
     """
+    out_uncond, out_cond = noise_pair(pipe, z, t, cond, null)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+
+def noise_pair(
+    pipe, z: torch.Tensor, t, cond: torch.Tensor | Conditioning, null: torch.Tensor | Conditioning,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unconditional and conditional model outputs for B rows, from one UNet batch of 2B.
+
+    Args: as ``guided_noise``. Returns (out_uncond, out_cond), each [B, 4, h, w].
+    """
     model_in = pipe.scheduler.scale_model_input(torch.cat([z, z]), t)
     batch = cat_rows(as_conditioning(null), as_conditioning(cond), z.shape[0])
     out_uncond, out_cond = unet_output(pipe.unet, model_in, t, batch).chunk(2)
-    return out_uncond + guidance_scale * (out_cond - out_uncond)
+    return out_uncond, out_cond

@@ -29,6 +29,10 @@ SCALES = {
 PUBLISHED = {
     "NTI+P2P (published)": [13.44, 27.03, 60.67, 35.86, 84.11, 24.75, 21.86],
     "DirectInversion+P2P (published)": [11.65, 27.22, 54.55, 32.86, 84.76, 25.02, 22.10],
+    # structure, PSNR and LPIPS as the SPDInv (ECCV 2024) and DCI (NeurIPS 2025) papers report them
+    # with SD 1.4 + P2P; the other columns are not given the same way there
+    "SPDInv+P2P (published)": [8.81, 28.60, 36.01, math.nan, math.nan, math.nan, math.nan],
+    "DCI+P2P (published)": [6.07, 29.38, 33.01, math.nan, math.nan, math.nan, math.nan],
 }
 
 
@@ -112,7 +116,7 @@ def summary_markdown(rows: list[dict], compat: bool) -> str:
         avg = means(items)
         lines.append(f"| {method} | {len(items)} | " + " | ".join(_fmt(avg[m], m) for m in METRICS) + " |")
     for name, values in PUBLISHED.items():
-        lines.append(f"| {name} | 700 | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        lines.append(f"| {name} | 700 | " + " | ".join("–" if math.isnan(v) else f"{v:.2f}" for v in values) + " |")
     lines += ["", "Published rows use PIE-Bench's evaluator conventions; compare them with a `--pie-bench-compat` run."]
     missing = unscored(rows)
     if missing:

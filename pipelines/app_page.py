@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from data.manifest import INVERSION_METHODS, PROX_MODES
 from pipelines.app_inputs import (
     FADER_RANGE,
     fader_words,
@@ -28,7 +29,8 @@ from pipelines.app_session import EditRequest, EditSession, Stopped
 
 log = logging.getLogger(__name__)
 FADERS = 12  # sliders in the page; further words can still be reweighted as text
-METHODS = ["null-text", "negative-prompt", "ddim"]
+METHODS = list(INVERSION_METHODS)
+PROX_CHOICES = ["off", *PROX_MODES]
 INTRO = """# promptedit — edit a photo with text
 Upload a photo (or pick an example below), describe it in the **source prompt**, write how it
 should become in a **target prompt**, and press **Edit**. The photo is inverted once (null-text
@@ -64,6 +66,7 @@ def _message(exc: BaseException) -> str:
 def _edit_handler(session: EditSession):
     def edit(photo, source_prompt, target_prompts_text, mode="auto", cross_replace="0.8", self_replace="0.4",
              blend="", reweight="", inversion="null-text", steps=50, inner_steps=10, guidance=7.5, seed=0,
+             fixed_point_steps=None, fixed_point_anchor=0.0, prox="off", prox_quantile=0.75, latent_guard=0,
              request: gr.Request = None, progress=gr.Progress()):
         from inversion import InversionError
 
@@ -74,6 +77,9 @@ def _edit_handler(session: EditSession):
                 self_replace=parse_window(self_replace, "Self-replace", 0.4),
                 blend=parse_blend(blend), reweight=parse_reweights(reweight), method=inversion,
                 steps=steps, inner_steps=inner_steps, guidance=guidance, seed=seed,
+                fixed_point_steps=fixed_point_steps, fixed_point_anchor=fixed_point_anchor or 0.0,
+                prox=None if prox in (None, "", "off") else prox,
+                prox_quantile=0.75 if prox_quantile is None else prox_quantile, latent_guard=latent_guard or 0,
             )
             client = getattr(request, "session_hash", None) or ""
             outcome = session.run(job, client=client,
@@ -148,6 +154,13 @@ def build_page(session: EditSession, examples: list[list[str]], model: str) -> g
                                                  info="0.4, or START,END")
                     blend = gr.Textbox(label="Local blend words", value="",
                                        info="SOURCE:TARGET, e.g. cat:dog: change only where these words are")
+                    with gr.Row():
+                        prox = gr.Dropdown(PROX_CHOICES, value="off", label="Proximal guidance (ProxEdit)",
+                                           elem_id="prox")
+                        prox_quantile = gr.Number(value=0.75, minimum=-100, maximum=1, label="Proximal quantile",
+                                                  info="threshold: this quantile of |ε_c − ε_u| (≤ 0: minus a fixed one)")
+                        guard = gr.Number(value=0, precision=0, minimum=0, maximum=1000, label="Latent guard below t",
+                                          info="needs proximal guidance; the authors use 400; 0: off")
                 with gr.Accordion("Faders (reweight a target word, −2…2)", open=True):
                     words = gr.State([])
                     sliders = [gr.Slider(FADER_RANGE[0], FADER_RANGE[1], value=1.0, step=0.1, visible=False,
@@ -163,6 +176,11 @@ def build_page(session: EditSession, examples: list[list[str]], model: str) -> g
                         inner = gr.Number(value=10, precision=0, minimum=0, maximum=1000, label="Inner steps (null-text)",
                                           elem_id="inner-steps")
                         guidance = gr.Number(value=7.5, minimum=0, maximum=100, label="Guidance")
+                    with gr.Row():
+                        fixed_steps = gr.Number(value=None, precision=0, minimum=0, maximum=1000,
+                                                label="Fixed-point steps", info="empty: 25 (SPDInv), 5 with an anchor")
+                        anchor = gr.Number(value=0.0, minimum=0, maximum=100, label="Fixed-point anchor λ",
+                                           info="DCI's pull toward the photo (its paper: 2; 0: SPDInv)")
             with gr.Column(scale=1):
                 status = gr.Markdown("Results appear here.", elem_id="status")
                 grid = gr.Image(label="Grid: input | reconstruction | edits", type="filepath", elem_id="grid",
@@ -181,7 +199,8 @@ def build_page(session: EditSession, examples: list[list[str]], model: str) -> g
                            show_progress="hidden", api_visibility="private")
         edit_button.click(
             _edit_handler(session),
-            [photo, source, targets, mode, cross, self_window, blend, reweight, method, steps, inner, guidance, seed],
+            [photo, source, targets, mode, cross, self_window, blend, reweight, method, steps, inner, guidance, seed,
+             fixed_steps, anchor, prox, prox_quantile, guard],
             [grid, edits, reconstruction, attention, files, status],
             api_name="edit", concurrency_limit=1, concurrency_id="model",
         )

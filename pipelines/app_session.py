@@ -42,6 +42,11 @@ class EditRequest:
     inner_steps: int = 10
     guidance: float = 7.5
     seed: int = 0
+    fixed_point_steps: int | None = None
+    fixed_point_anchor: float = 0.0
+    prox: str | None = None
+    prox_quantile: float = 0.75
+    latent_guard: int = 0
 
 
 @dataclass
@@ -128,10 +133,12 @@ class EditSession:
         path = self.check_photo(request.photo)
         spec = EditSpec(prompts=[request.source.strip(), *request.targets], mode=request.mode,
                         cross_replace_steps=request.cross_replace, self_replace_steps=request.self_replace,
-                        reweight=request.reweight, blend_words=request.blend)
+                        reweight=request.reweight, blend_words=request.blend, prox=request.prox,
+                        prox_quantile=request.prox_quantile, latent_guard=_whole(request.latent_guard, "Latent guard"))
         check_prompts(tokenizers(self.pipe), spec)
         steps, inner = _whole(request.steps, "Steps"), _whole(request.inner_steps, "Inner steps")
         seed = _whole(request.seed, "Seed")
+        fixed_steps = None if request.fixed_point_steps is None else _whole(request.fixed_point_steps, "Fixed-point steps")
         try:
             image, shown = prepare_photo(self.pipe, path, "auto", max_pixels=self.max_pixels)  # whole photo, its ratio
         except ImageInputError as exc:
@@ -153,7 +160,8 @@ class EditSession:
                 started = time.perf_counter()
                 inv = invert(self.pipe, image, spec.prompts[0], method=request.method, num_steps=steps,
                              guidance_scale=request.guidance, num_inner_steps=inner, progress=False,
-                             cache_dir=self.cache_dir, on_step=step, size=None)
+                             cache_dir=self.cache_dir, on_step=step, size=None, fixed_point_steps=fixed_steps,
+                             fixed_point_anchor=request.fixed_point_anchor)
                 inverted = time.perf_counter()
                 result = edit(self.pipe, spec, inversion=inv, return_attention=True, progress=False,
                               on_step=lambda done, total: step("editing", done, total))
@@ -171,7 +179,8 @@ class EditSession:
 
         # time, count and a random part: unique also when two apps share the folder
         folder = self.edits_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._ids)}-{secrets.token_hex(3)}"
-        parameters = {k: v for k, v in vars(request).items() if k != "photo"}
+        parameters = {k: v for k, v in vars(request).items() if k not in ("photo", "method")}
+        parameters["inversion"] = request.method  # named as edit_real's run.json names it (and scoring reads it)
         parameters["model"] = str(self.pipe.name_or_path)
         rounded = {k: round(v, 3) for k, v in seconds.items()}
         write_outputs(folder, RealEdit(image, inv, result, seconds, original_size=shown), spec, parameters, rounded)

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from data.manifest import INVERSION_METHODS, PROX_MODES
 from data.numbers import LIMITS, parse_number
 from models.names import DEFAULT_MODEL
 
@@ -218,6 +219,7 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend-threshold", type=number_type("blend_threshold"), default=None,
                         help="local blend mask threshold, strictly between 0 and 1 (default: the model's own "
                              "from promptedit.json in its folder, else 0.3)")
+    add_guidance_options(parser)
     parser.add_argument("--seed", type=number_type("seed"), default=0, help="random seed, 0…2**64-1 (default 0)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32", "fp64"],
@@ -225,6 +227,36 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: outputs/<name>-<date>-<time>)")
     parser.add_argument("--attention", action="store_true", help="also save attention-map pictures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, only the final line")
+
+
+def add_guidance_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """--prox, --prox-quantile, --latent-guard (``defaults=False``: None, "not given", for commands
+    whose per-job settings fill them in)."""
+    parser.add_argument("--prox", choices=PROX_MODES, default=None,
+                        help="proximal guidance (ProxEdit): threshold ε_c − ε_u at its --prox-quantile before the "
+                             "guided step; l0 and l1 are the authors' names (see README). Default off")
+    parser.add_argument("--prox-quantile", type=number_type("prox_quantile"), default=0.75 if defaults else None,
+                        metavar="Q", help="the quantile of |ε_c − ε_u| over the batch used as the threshold, or −τ "
+                                          "for a fixed threshold τ (default 0.75, the authors' PIE-Bench runs)")
+    parser.add_argument("--latent-guard", type=number_type("latent_guard"), default=0 if defaults else None,
+                        metavar="T", help="below timestep T, put every row back on the inverted trajectory outside "
+                                          "the region proximal guidance keeps (needs --prox; the authors use 400; "
+                                          "default 0: off)")
+
+
+def add_inversion_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """--inversion, --inner-steps, --fixed-point-steps, --fixed-point-anchor (``defaults=False``:
+    None, "not given")."""
+    parser.add_argument("--inversion", choices=INVERSION_METHODS, default="null-text" if defaults else None,
+                        help="how the photo is inverted (default null-text; see README: 'Which inversion')")
+    parser.add_argument("--inner-steps", type=number_type("inner_steps"), default=10 if defaults else None,
+                        help="null-text Adam steps per DDIM step, 0…1000 (default 10)")
+    parser.add_argument("--fixed-point-steps", type=number_type("fixed_point_steps"), default=None, metavar="K",
+                        help="fixed-point AdamW steps per DDIM step, 0…1000 (default 25, SPDInv's; 5 with an anchor)")
+    parser.add_argument("--fixed-point-anchor", type=number_type("fixed_point_anchor"),
+                        default=0.0 if defaults else None, metavar="λ",
+                        help="fixed-point: DCI's pull of the predicted noise toward the photo's latent "
+                             "(its paper: 2; default 0, SPDInv)")
 
 
 def default_out(name: str) -> str:
@@ -248,6 +280,9 @@ def check_edit_args(args: argparse.Namespace) -> dict:
         "reweight": parse_reweight(args.reweight),
         "blend": parse_blend(args.blend),
         "blend_threshold": args.blend_threshold,
+        "prox": args.prox,
+        "prox_quantile": args.prox_quantile,
+        "latent_guard": args.latent_guard,
     }
 
 
@@ -271,7 +306,8 @@ def spec_from_options(prompts: list[str], options: dict):
         blend = parse_blend([blend])
     return EditSpec(prompts=list(prompts), mode=options["mode"], cross_replace_steps=cross,
                     self_replace_steps=steps(options["self_replace"]), reweight=options["reweight"],
-                    blend_words=blend, blend_threshold=options["blend_threshold"])
+                    blend_words=blend, blend_threshold=options["blend_threshold"], prox=options.get("prox"),
+                    prox_quantile=options.get("prox_quantile", 0.75), latent_guard=options.get("latent_guard", 0))
 
 
 def quiet_libraries(quiet: bool) -> None:

@@ -26,6 +26,8 @@ from pipelines.cli import (
     OneLineParser,
     parse_size_option,
     UsageError,
+    add_guidance_options,
+    add_inversion_options,
     check_device_option,
     check_file_option,
     check_folder_option,
@@ -45,7 +47,8 @@ from pipelines.score import check_score_options
 log = logging.getLogger(__name__)
 PROG = "python -m pipelines.edit_dataset"
 DEFAULTS = {"steps": 50, "guidance": 7.5, "mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "reweight": None,
-            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "size": "auto", "blend_threshold": None}
+            "blend": None, "inversion": "null-text", "inner_steps": 10, "crop": "center", "size": "auto", "blend_threshold": None,
+            "fixed_point_steps": None, "fixed_point_anchor": 0.0, "prox": None, "prox_quantile": 0.75, "latent_guard": 0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reweight", action="append", metavar="WORD=SCALE")
     parser.add_argument("--blend", action="append", metavar="SRC:TGT")
     parser.add_argument("--blend-threshold", type=number_type("blend_threshold"))
-    parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"])
-    parser.add_argument("--inner-steps", type=number_type("inner_steps"))
+    add_inversion_options(parser, defaults=False)
+    add_guidance_options(parser, defaults=False)
     parser.add_argument("--crop")
     parser.add_argument("--size", metavar="auto|N|W,H", help="working size (default auto: each photo's own ratio)")
     parser.add_argument("--original-size", action="store_true", help="also write each edit at its photo's pixel size")
@@ -94,6 +97,8 @@ def given_options(args) -> dict:
         "inversion": args.inversion, "inner_steps": args.inner_steps,
         "crop": parse_crop(args.crop) if args.crop is not None else None, "blend_threshold": args.blend_threshold,
         "size": _json_size(parse_size_option(args.size)) if args.size is not None else None,
+        "fixed_point_steps": args.fixed_point_steps, "fixed_point_anchor": args.fixed_point_anchor,
+        "prox": args.prox, "prox_quantile": args.prox_quantile, "latent_guard": args.latent_guard,
     }
     return {k: v for k, v in parsed.items() if v is not None}
 
@@ -187,7 +192,8 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
 
     def key(entry):
         o = entry[1]
-        return (o["inversion"], o["steps"], o["guidance"], o["inner_steps"])
+        return (o["inversion"], o["steps"], o["guidance"], o["inner_steps"], o["fixed_point_steps"],
+                o["fixed_point_anchor"])
 
     cache = args.cache_dir or args.out / "inversions"
     batch_size = args.batch_size
@@ -201,7 +207,8 @@ def _process_jobs(pipe, jobs, given, args, items: Path, process_index: int, on_d
         try:
             inversions = invert(pipe, [e[3] for e in batch], [e[2].prompts[0] for e in batch], method=o["inversion"],
                                 num_steps=o["steps"], guidance_scale=o["guidance"], num_inner_steps=o["inner_steps"],
-                                progress=False, cache_dir=cache, size=None)
+                                progress=False, cache_dir=cache, size=None, fixed_point_steps=o["fixed_point_steps"],
+                                fixed_point_anchor=o["fixed_point_anchor"])
         except Exception as exc:
             if len(batch) > 1:  # retry one by one so that one bad photo does not fail its neighbours
                 ready = [*batch, *ready]

@@ -25,11 +25,11 @@ from pipelines.cli import (
     OneLineParser,
     UsageError,
     add_edit_options,
+    add_inversion_options,
     add_size_options,
     check_edit_args,
     check_folder_option,
     default_out,
-    number_type,
     parse_crop,
     parse_size_option,
     quiet_libraries,
@@ -75,9 +75,11 @@ def prepare_photo(pipe, photo, size="auto", crop="center", max_pixels: int | Non
 
 
 def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7.5, inner_steps=10,
-                  crop="center", cache_dir=None, attention=False, progress=True, size="auto") -> RealEdit:
+                  crop="center", cache_dir=None, attention=False, progress=True, size="auto",
+                  fixed_point_steps=None, fixed_point_anchor=0.0) -> RealEdit:
     """Invert ``photo`` and edit it as ``spec`` says, on an already loaded pipeline, at the
-    working size ``size`` asks for (see ``prepare_photo``)."""
+    working size ``size`` asks for (see ``prepare_photo``); the inversion options are
+    ``inversion.invert``'s."""
     from editing import edit
     from editing.edit import check_prompts
     from models.codec import tokenizers
@@ -87,7 +89,8 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
     image, shown = prepare_photo(pipe, photo, size, crop)
     started = time.perf_counter()
     inv = invert(pipe, image, spec.prompts[0], method=method, num_steps=steps, guidance_scale=guidance,
-                 num_inner_steps=inner_steps, progress=progress, cache_dir=cache_dir, size=None)
+                 num_inner_steps=inner_steps, progress=progress, cache_dir=cache_dir, size=None,
+                 fixed_point_steps=fixed_point_steps, fixed_point_anchor=fixed_point_anchor)
     inverted = time.perf_counter()
     result = edit(pipe, spec, inversion=inv, return_attention=attention, progress=progress)
     seconds = {"inversion": inverted - started, "edit": time.perf_counter() - inverted}
@@ -97,13 +100,16 @@ def run_real_edit(pipe, photo, spec, *, method="null-text", steps=50, guidance=7
 def edit_real_photo(photo, src: str, tgts, *, model=DEFAULT_MODEL, pipe=None,
                     inversion="null-text", steps=50, guidance=7.5, inner_steps=10, cross_replace=0.8,
                     self_replace=0.4, reweight=None, blend=None, mode="auto", crop="center", seed=0,
-                    device=None, dtype=None, cache_dir=None, attention=False, progress=True, size="auto"):
+                    device=None, dtype=None, cache_dir=None, attention=False, progress=True, size="auto",
+                    fixed_point_steps=None, fixed_point_anchor=0.0, prox=None, prox_quantile=0.75, latent_guard=0):
     """Edit a photo from Python (a notebook), as the command does, without writing files.
 
     Args:
         photo: a path or PIL image. src: the prompt describing it. tgts: a target prompt or a list.
         pipe: an already loaded pipeline (else ``model`` is loaded on ``device`` in ``dtype``).
         size: "auto" (the photo's aspect ratio, nothing cropped), a side N or (W, H).
+        inversion: "null-text", "negative-prompt", "ddim", "direct" or "fixed-point".
+        prox, prox_quantile, latent_guard: proximal guidance and the latent guard (``EditSpec``).
         Other keywords: as the command's options (``blend`` is (source words, target words)).
 
     Returns:
@@ -117,11 +123,12 @@ def edit_real_photo(photo, src: str, tgts, *, model=DEFAULT_MODEL, pipe=None,
     torch.manual_seed(seed)
     spec = EditSpec(prompts=[src, *([tgts] if isinstance(tgts, str) else tgts)], mode=mode,
                     cross_replace_steps=cross_replace, self_replace_steps=self_replace, reweight=reweight,
-                    blend_words=blend)
+                    blend_words=blend, prox=prox, prox_quantile=prox_quantile, latent_guard=latent_guard)
     pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
     return run_real_edit(pipe, photo, spec, method=inversion, steps=steps, guidance=guidance,
                          inner_steps=inner_steps, crop=crop, cache_dir=cache_dir, attention=attention,
-                         progress=progress, size=size).result
+                         progress=progress, size=size, fixed_point_steps=fixed_point_steps,
+                         fixed_point_anchor=fixed_point_anchor).result
 
 
 def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
@@ -204,10 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photo", help="the photo to edit (PNG, JPEG, WebP, …)")
     add_edit_options(parser)
-    parser.add_argument("--inversion", choices=["null-text", "negative-prompt", "ddim"], default="null-text",
-                        help="how the photo is inverted (default null-text)")
-    parser.add_argument("--inner-steps", type=number_type("inner_steps"), default=10,
-                        help="null-text Adam steps per DDIM step, 0…1000 (default 10)")
+    add_inversion_options(parser)
     add_size_options(parser)
     parser.add_argument("--crop", default="center",
                         help="LEFT,RIGHT,TOP,BOTTOM pixel offsets cut off the photo first ('center', the default: none)")
@@ -247,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             run = run_real_edit(pipe, args.photo, spec, method=args.inversion, steps=args.steps,
                                 guidance=args.guidance, inner_steps=args.inner_steps, crop=crop,
                                 cache_dir=args.cache_dir, attention=args.attention, progress=not args.quiet,
-                                size=size)
+                                size=size, fixed_point_steps=args.fixed_point_steps,
+                                fixed_point_anchor=args.fixed_point_anchor)
             seconds = {"load_model": round(loaded, 3), **{k: round(v, 3) for k, v in run.seconds.items()}}
             fill_outputs(staged, run, spec, vars(args), seconds, original_size=args.original_size)
         print(f"wrote {len(staged.published)} files to {args.out}: grid.png shows input | reconstruction | edits")

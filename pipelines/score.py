@@ -55,11 +55,18 @@ class Edit:
 
 
 def method_of(run: dict) -> str:
-    """A result's method label: run.json's "method" if set, else "<inversion>+p2p"."""
+    """A result's method label: run.json's "method" if set, else "<inversion>+p2p" ("fixed-point-anchor"
+    for fixed-point with DCI's anchor), with "+prox" and "+guard" when proximal guidance and the
+    latent guard were on ("generated+p2p" for an edit of a generated image)."""
     if run.get("method"):
         return str(run["method"])
-    inversion = (run.get("parameters") or {}).get("inversion")
-    return f"{inversion}+p2p" if inversion else "generated+p2p"
+    parameters = run.get("parameters") or {}
+    inversion = parameters.get("inversion")
+    if not inversion:
+        return "generated+p2p"
+    label = f"{inversion}-anchor" if inversion == "fixed-point" and parameters.get("fixed_point_anchor") else inversion
+    return (f"{label}+p2p" + ("+prox" if parameters.get("prox") else "")
+            + ("+guard" if parameters.get("latent_guard") else ""))
 
 
 @dataclass

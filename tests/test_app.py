@@ -150,6 +150,30 @@ def test_second_edit_of_the_same_photo_reuses_the_inversion(client):
     assert edit(client, source="a red circle on a white background.", steps=5)[-1].startswith("Inverted")
 
 
+@pytest.mark.parametrize("options,label", [
+    (dict(inversion="direct"), "direct+p2p"),
+    (dict(inversion="fixed-point", fixed_point_steps=2, fixed_point_anchor=2.0, prox="l0", prox_quantile=0.7,
+          latent_guard=400), "fixed-point-anchor+p2p+prox+guard"),
+])
+def test_every_inversion_and_guidance_option_through_the_api(client, options, label):
+    from pipelines.score import method_of
+
+    *_, files, status = edit(client, **options)
+    run = json.loads(Path(next(f for f in files if f.endswith("run.json"))).read_text())
+    assert run["inversion"]["method"] == options["inversion"] and options["inversion"] in status
+    assert {k: run["parameters"][k] for k in options if k != "inversion"} == {k: v for k, v in options.items()
+                                                                              if k != "inversion"}
+    assert method_of(run) == label
+
+
+def test_a_guard_without_prox_is_a_message(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="proximal"):
+        edit(client, prox="off", latent_guard=400)
+    assert edit(client)[-1]  # and the server keeps serving
+
+
 def test_bad_inputs_are_messages_and_the_server_keeps_serving(client, tmp_path):
     from gradio_client.exceptions import AppError
 

@@ -9,6 +9,7 @@
     python -m bench shapes --claims [--model shapes] [--seeds 12] [--photos 6] [--reweight-seeds 6] [--parts bcdefgi] [--out DIR] [--json]
     python -m bench shapes [...]          # both: the gate, then the claims
     python -m bench shapes --blend-sweep [--model DIR] [--seeds 8]   # choose the model's local blend defaults
+    python -m bench gpu --out DIR [--budget-s S] [--quick]   # seconds per photo on a GPU, real sizes (issue #32)
 
 Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
 On a CPU that other work shares, add --threads 1 (see bench/measure.py).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from bench.measure import print_rows, print_tables
 from bench.p2p import bench_p2p
@@ -29,7 +31,7 @@ from models.loading import pick_device, pick_dtype
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes", "pooled"])
+    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes", "pooled", "gpu"])
     parser.add_argument("--gate", action="store_true",
                         help="shapes: the two checks that gate the shipped weights (generation, inversion)")
     parser.add_argument("--claims", action="store_true",
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None,
                         help="shapes: generations to judge (--gate 100), generated cases (--claims 12, --blend-sweep 8)")
     parser.add_argument("--photos", type=int, default=None,
-                        help="shapes: rendered photos to invert (--gate 5, --claims 6)")
+                        help="shapes: rendered photos to invert (--gate 5, --claims 6); gpu: photos in the batch row (8)")
     parser.add_argument("--reweight-seeds", type=int, default=6, help="shapes --claims: cases for the reweighting curves")
     parser.add_argument("--parts", default="bcdefgi",
                         help="shapes --claims: which claims (letters of issue #14; i: the generated sources "
@@ -49,7 +51,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes --claims: local blend map side (default: the model's own, else SPEC's)")
     parser.add_argument("--blend-threshold", type=float, default=None,
                         help="shapes --claims: local blend threshold (default: the model's own, else 0.3)")
-    parser.add_argument("--out", default=None, help="shapes --claims: folder for the example grids")
+    parser.add_argument("--out", default=None,
+                        help="shapes --claims: folder for the example grids; gpu: folder for bench-gpu.json and .md")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="gpu: seconds the whole run may take; rows estimated not to fit are skipped and listed")
+    parser.add_argument("--quick", action="store_true",
+                        help="gpu: every row on the tiny models at 3 steps, once (the CPU check of the command)")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default=None,
                         help="comma-separated: tiny, tiny-xl, sd15 (random-weight SD 1.5), sdxl (random-weight SDXL "
@@ -81,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
               if m.strip()]
     if args.what == "shapes":
         raise SystemExit(run_shapes(args))
+    if args.what == "gpu":
+        from bench.gpu import run as run_gpu
+
+        raise SystemExit(run_gpu(args, argv if argv is not None else sys.argv[1:]))
     if args.what == "pooled":  # SDXL's null-text choice: the pooled unconditional embedding optimized or not
         from bench.pooled import bench_pooled
 

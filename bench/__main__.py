@@ -10,6 +10,7 @@
     python -m bench shapes [...]          # both: the gate, then the claims
     python -m bench shapes --blend-sweep [--model DIR] [--seeds 8]   # choose the model's local blend defaults
     python -m bench gpu --out DIR [--budget-s S] [--quick]   # seconds per photo on a GPU, real sizes (issue #32)
+    python -m bench train [--seconds 120] [--only NAME,...] [--json]   # the shapes model's training speed levers (#31)
 
 Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
 On a CPU that other work shares, add --threads 1 (see bench/measure.py).
@@ -31,7 +32,7 @@ from models.loading import pick_device, pick_dtype
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes", "pooled", "gpu"])
+    parser.add_argument("what", choices=["p2p", "inversion", "dataset", "shapes", "pooled", "gpu", "train"])
     parser.add_argument("--gate", action="store_true",
                         help="shapes: the two checks that gate the shipped weights (generation, inversion)")
     parser.add_argument("--claims", action="store_true",
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="gpu: seconds the whole run may take; rows estimated not to fit are skipped and listed")
     parser.add_argument("--quick", action="store_true",
                         help="gpu: every row on the tiny models at 3 steps, once (the CPU check of the command)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="train: wall seconds per configuration")
+    parser.add_argument("--only", default=None,
+                        help="train: comma-separated starts of configuration names (default: all of bench/train.py)")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default=None,
                         help="comma-separated: tiny, tiny-xl, sd15 (random-weight SD 1.5), sdxl (random-weight SDXL "
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> None:
               if m.strip()]
     if args.what == "shapes":
         raise SystemExit(run_shapes(args))
+    if args.what == "train":
+        from bench.train import bench_train, print_train
+
+        rows = bench_train(args.seconds, [o.strip() for o in args.only.split(",")] if args.only else None)
+        print(json.dumps({"rows": rows}, indent=2) if args.json else print_train(rows), flush=True)
+        return
     if args.what == "gpu":
         from bench.gpu import run as run_gpu
 

@@ -7,7 +7,14 @@ ground truth lets the benchmarks measure whether an edit kept the layout and mad
     scene = random_scene(seed=3)
     scene.image          # PIL RGB, 64×64, anti-aliased (4× supersampled)
     scene.caption        # "a big blue square and a small yellow triangle on a black background"
-    scene.objects[0].mask  # bool [64, 64]: the pixels the object covers at least half
+    scene.masks[0]       # bool [64, 64]: the pixels the first object covers at least half
+
+Two versions of the world (``world=``): version 1, which the shipped model was trained on, has
+two sizes (small, big) and is the default, drawn exactly as it always was; version 2 draws each
+object's size from a continuous range in three bands (small and big, named in captions; medium,
+never named) and places every object so that, grown to the largest big size about its own centre,
+it stays inside the frame and off the other object (``fits_grown``). Every caption of version 1
+is a caption of version 2.
 """
 
 from __future__ import annotations
@@ -34,6 +41,18 @@ SIZES = {"small": 0.14, "big": 0.25}
 # An object keeps this far (fraction of the side) from the image edge, beyond its radius.
 EDGE_MARGIN = 0.03
 
+# World version 2: radius bands (fractions of the side), drawn uniformly; "medium" is never named.
+SIZE_BANDS = {"small": (0.10, 0.13), "medium": (0.15, 0.18), "big": (0.20, 0.24)}
+NAMED_SIZES = ("small", "big")
+# Version 2's room rule: an object grown to the largest big radius about its centre keeps
+# EDGE_MARGIN_V2 from every edge and GAP_V2 (bounding squares) from the other object.
+EDGE_MARGIN_V2 = 0.02
+GAP_V2 = 0.02
+GROWN_RADIUS = SIZE_BANDS["big"][1]
+# The largest radius two objects can share the frame with under the room rule: 1 − 2·(grown + edge) − grown − gap.
+PAIR_RADIUS = 1 - 2 * (GROWN_RADIUS + EDGE_MARGIN_V2) - GROWN_RADIUS - GAP_V2
+WORLDS = (1, 2)
+
 
 @dataclass(frozen=True)
 class ShapeObject:
@@ -44,10 +63,12 @@ class ShapeObject:
     colour: str
     size: str
     center: tuple[float, float]
+    # world 2: the object's own radius inside its size band (None: the size's one radius, world 1)
+    r: float | None = None
 
     @property
     def radius(self) -> float:
-        return SIZES[self.size]
+        return SIZES[self.size] if self.r is None else self.r
 
 
 @dataclass
@@ -63,8 +84,8 @@ class Scene:
 
 
 def object_phrase(obj: ShapeObject, with_size: bool = True) -> str:
-    """"a big red circle" (or "a red circle" without the size)."""
-    words = ["a"] + ([obj.size] if with_size else []) + [obj.colour, obj.shape]
+    """"a big red circle" (or "a red circle" without the size; a medium object is never named)."""
+    words = ["a"] + ([obj.size] if with_size and obj.size in NAMED_SIZES else []) + [obj.colour, obj.shape]
     return " ".join(words)
 
 
@@ -139,11 +160,36 @@ def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, 
     return Scene(list(objects), background, caption_for(objects, background, with_size), image, masks)
 
 
-def fits(size: str, center: tuple[float, float]) -> bool:
+def _check_world(world: int) -> None:
+    if world not in WORLDS:
+        raise ValueError(f"unknown world version {world!r}: use one of {', '.join(map(str, WORLDS))}")
+
+
+def fits(size: str, center: tuple[float, float], world: int = 1) -> bool:
     """Whether an object of ``size`` centred at ``center`` (fractions of the side) is one the world
-    draws: its bounding square at least ``EDGE_MARGIN`` inside every edge."""
-    low, high = SIZES[size] + EDGE_MARGIN, 1 - SIZES[size] - EDGE_MARGIN
+    draws: its bounding square at least the edge margin inside every edge (world 2: at every radius
+    of the size's band, so the band's largest)."""
+    _check_world(world)
+    radius, margin = (SIZES[size], EDGE_MARGIN) if world == 1 else (SIZE_BANDS[size][1], EDGE_MARGIN_V2)
+    low, high = radius + margin, 1 - radius - margin
     return all(low - 1e-9 <= c <= high + 1e-9 for c in center)
+
+
+def _apart(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1]))
+
+
+def fits_grown(objects: list[ShapeObject]) -> bool:
+    """World 2's room rule: every object, grown to ``GROWN_RADIUS`` about its own centre, keeps
+    ``EDGE_MARGIN_V2`` inside every edge and ``GAP_V2`` off every other object as drawn (bounding
+    squares), so that a refinement to "big" can keep each object in place."""
+    for i, obj in enumerate(objects):
+        if not fits("big", obj.center, world=2):
+            return False
+        for j, other in enumerate(objects):
+            if i != j and _apart(obj.center, other.center) < GROWN_RADIUS + other.radius + GAP_V2 - 1e-9:
+                return False
+    return True
 
 
 def _place(rng: np.random.Generator, size: str, taken: list[ShapeObject]) -> tuple[float, float] | None:
@@ -156,16 +202,52 @@ def _place(rng: np.random.Generator, size: str, taken: list[ShapeObject]) -> tup
     return None
 
 
+def _place_v2(rng: np.random.Generator, radius: float, taken: list[ShapeObject]) -> tuple[float, float] | None:
+    low, high = GROWN_RADIUS + EDGE_MARGIN_V2, 1 - GROWN_RADIUS - EDGE_MARGIN_V2
+    for _ in range(100 if taken else 1):
+        center = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+        # the new object grown must miss each taken one, and each taken one grown must miss it
+        if all(_apart(center, o.center) >= GROWN_RADIUS + max(radius, o.radius) + GAP_V2 for o in taken):
+            return center
+    return None
+
+
+def random_object_v2(rng: np.random.Generator, taken: list[ShapeObject], max_radius: float = 1.0) -> ShapeObject | None:
+    """A world-2 object: a size band drawn uniformly, a radius uniform inside it (and at most
+    ``max_radius``), a shape, a colour and a centre that keeps the room rule with ``taken`` (None
+    when there is no room)."""
+    band = str(rng.choice(list(SIZE_BANDS)))
+    low, high = SIZE_BANDS[band]
+    radius = float(rng.uniform(low, min(high, max_radius)))
+    center = _place_v2(rng, radius, taken)
+    if center is None:
+        return None
+    return ShapeObject(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), band, center, r=radius)
+
+
 def random_scene(seed: int, max_objects: int = 2, size: int = IMAGE_SIZE, p_two: float = 0.35,
-                 p_size_word: float = 0.6) -> Scene:
-    """A seeded random scene: one object (or two, with probability ``p_two``) on a background.
+                 p_size_word: float = 0.6, world: int = 1) -> Scene:
+    """A seeded random scene of world version ``world``: one object (or two, with probability
+    ``p_two``) on a background.
 
     The caption names sizes with probability ``p_size_word`` ("a big red circle …"), so the model
-    learns captions with and without them. Same seed, same scene."""
+    learns captions with and without them. Same seed and world, same scene."""
+    _check_world(world)
     rng = np.random.default_rng(seed)
     background = str(rng.choice(list(BACKGROUNDS)))
     count = 2 if max_objects >= 2 and rng.random() < p_two else 1
     objects: list[ShapeObject] = []
+    if world == 2:
+        # two objects: both small enough that the room rule has room, the pair drawn again (20
+        # times at most, then one object) while the second finds none beside the first
+        for _ in range(20 if count == 2 else 1):
+            objects = [random_object_v2(rng, [], PAIR_RADIUS if count == 2 else 1.0)]
+            if count == 2:
+                second = random_object_v2(rng, objects, PAIR_RADIUS)
+                if second is not None:
+                    objects.append(second)
+                    break
+        return render(objects, background, size, with_size=bool(rng.random() < p_size_word))
     while len(objects) < count:
         obj_size = str(rng.choice(list(SIZES)))
         center = _place(rng, obj_size, objects)
@@ -177,8 +259,19 @@ def random_scene(seed: int, max_objects: int = 2, size: int = IMAGE_SIZE, p_two:
 
 def single_object_captions() -> list[tuple[str, str, str, str]]:
     """Every single-object (size, colour, shape, background) of the required vocabulary, in a fixed
-    order: 2 sizes × 4 colours × 3 shapes × 3 backgrounds = 72."""
-    return [(s, c, sh, b) for s in SIZES for c in COLOURS for sh in SHAPES for b in BACKGROUNDS]
+    order: 2 named sizes × 4 colours × 3 shapes × 3 backgrounds = 72 (the same in both worlds)."""
+    return [(s, c, sh, b) for s in NAMED_SIZES for c in COLOURS for sh in SHAPES for b in BACKGROUNDS]
+
+
+def size_band(radius: float) -> str:
+    """World 2's size word for a radius (fraction of the side): the band it falls in, or, between
+    bands, the nearer band's edge."""
+    best, gap = "medium", math.inf
+    for name, (low, high) in SIZE_BANDS.items():
+        distance = max(low - radius, 0.0, radius - high)
+        if distance < gap:
+            best, gap = name, distance
+    return best
 
 
 def centred(obj: ShapeObject, shape: str | None = None, colour: str | None = None) -> ShapeObject:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.shapes import BACKGROUNDS, COLOURS, SIZES
+from data.shapes import BACKGROUNDS, COLOURS, SIZES, WORLDS, size_band
 
 # A pixel belongs to an object when its colour is this far (Euclidean, 0–255 RGB) from the
 # background's; components smaller than MIN_AREA pixels are noise.
@@ -77,15 +77,46 @@ def classify_shape(mask: np.ndarray) -> str:
     return "square" if fill > SQUARE_ABOVE else "circle"
 
 
-def size_word(area: float, shape: str, side: int) -> str:
-    """small or big: the size whose rendered area of this shape is nearer (in log area)."""
-    fill = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[shape]
-    expected = {name: fill * (2 * r * side) ** 2 for name, r in SIZES.items()}
+FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+
+
+def object_radius(area: float, shape: str, side: int) -> float:
+    """The radius (half the bounding square's side, a fraction of the image side) of a ``shape``
+    whose area is ``area`` pixels in an image ``side`` pixels wide."""
+    return float(np.sqrt(area / FILL[shape]) / (2 * side))
+
+
+def size_word(area: float, shape: str, side: int, world: int = 1) -> str:
+    """The size word of an object read from its area: world 1, small or big, the size whose
+    rendered area of this shape is nearer (in log area); world 2, small, medium or big, the band of
+    the radius that area gives the shape (``data.shapes.size_band``)."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world version {world!r}")
+    if world == 2:
+        return size_band(object_radius(area, shape, side))
+    expected = {name: FILL[shape] * (2 * r * side) ** 2 for name, r in SIZES.items()}
     return min(expected, key=lambda name: abs(np.log(area / expected[name])))
 
 
-def detect(image: Image.Image | np.ndarray) -> Detection:
-    """Find the background and the objects of a shapes-world image (PIL RGB or uint8 [H, W, 3])."""
+def half_covered(pixels: np.ndarray, mask: np.ndarray, colour: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """A component's mask redrawn as the pixels (of the component grown by one pixel) at least half
+    way (less 0.01 for rounding) from the background colour to the object's, measured along the line between them: the
+    renderer's rule for its masks (covered at least half), so that areas read sizes without the
+    bias of a fixed colour distance. Arrays: pixels float [H, W, 3], mask bool [H, W], colours [3].
+    Returns the new bool mask (the old one if none is left)."""
+    step = colour - background
+    norm = float(step @ step)
+    if norm < 1.0:
+        return mask
+    share = (pixels - background) @ step / norm
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    redrawn = grown & (share >= 0.49)  # 0.49: a pixel covered exactly half, rounded to 8 bits
+    return redrawn if redrawn.any() else mask
+
+
+def detect(image: Image.Image | np.ndarray, world: int = 1) -> Detection:
+    """Find the background and the objects of a shapes-world image (PIL RGB or uint8 [H, W, 3]);
+    sizes are read as ``world`` names them (``size_word``)."""
     pixels = _as_array(image)
     side = pixels.shape[1]
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
@@ -101,10 +132,15 @@ def detect(image: Image.Image | np.ndarray) -> Detection:
             continue
         mask = labels == label
         core = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        colour = _nearest(np.median(pixels[core if core.sum() >= 4 else mask], axis=0), COLOURS)
+        measured = np.median(pixels[core if core.sum() >= 4 else mask], axis=0)
+        colour = _nearest(measured, COLOURS)
+        centroid = (float(centroids[label][0]), float(centroids[label][1]))
+        if world == 2:  # the pixels at least half the object's colour, as the renderer's masks are
+            mask = half_covered(pixels, mask, measured, background_colour)
+            area = int(mask.sum())
+            centroid = mask_centroid(mask)
         shape = classify_shape(mask)
-        objects.append(DetectedObject(shape, colour, size_word(area, shape, side), mask,
-                                      (float(centroids[label][0]), float(centroids[label][1])), area))
+        objects.append(DetectedObject(shape, colour, size_word(area, shape, side, world), mask, centroid, area))
     objects.sort(key=lambda o: -o.area)
     return Detection(background, objects)
 

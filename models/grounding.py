@@ -21,6 +21,7 @@ computes the maps explicitly and keeps them, with their graph, for the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -73,12 +74,17 @@ class Targets:
     used: torch.Tensor
 
 
+@lru_cache(maxsize=4096)
+def _word_length(tokenizer, word: str) -> int:
+    return len(tokenizer(word, add_special_tokens=False).input_ids)
+
+
 def word_tokens(caption: str, tokenizer) -> list[tuple[str, list[int]]]:
     """Each word of ``caption`` with its token positions in the padded prompt (position 0 is the
     start token)."""
     out, position = [], 1
     for word in caption.split():
-        count = len(tokenizer(word, add_special_tokens=False).input_ids)
+        count = _word_length(tokenizer, word)
         out.append((word, list(range(position, position + count))))
         position += count
     return out
@@ -93,14 +99,13 @@ def _background(scene: Scene) -> torch.Tensor:
     return torch.from_numpy(~anything).float()
 
 
-def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
-    """The regions of a scene's caption words: size, colour and shape words → their object's mask
-    (objects in caption order, left to right); the background colour and "background" → every
-    pixel no object covers. Articles, "and", "on" and padding are left free."""
-    background = _background(scene)
-    side = background.shape[0]
-    regions = torch.zeros(length, side, side)
-    used = torch.zeros(length, dtype=torch.bool)
+def token_labels(scene: Scene, tokenizer, length: int = 77) -> torch.Tensor:
+    """Which region of ``scene_labels`` each token of the scene's caption should look at, int64
+    [length]: 0 the background, 1 + k the scene's k-th object, −1 a token left free.
+
+    Size, colour and shape words → their object (objects in caption order, left to right); the
+    background colour and "background" → the background. Articles, "and", "on" and padding are free."""
+    labels = torch.full((length,), -1, dtype=torch.long)
     ordered = sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].center[0])
     obj, after_on = 0, False
     for word, positions in word_tokens(scene.caption, tokenizer):
@@ -112,10 +117,32 @@ def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
             continue
         if word == "a" or positions[-1] >= length:
             continue
-        region = background if after_on else torch.from_numpy(scene.masks[ordered[obj]]).float()
         for p in positions:
-            regions[p], used[p] = region, True
+            labels[p] = 0 if after_on else 1 + ordered[obj]
+    return labels
+
+
+def regions_from_labels(labels: torch.Tensor, tokens: torch.Tensor) -> Targets:
+    """Grounding targets from region labels and token labels, for a batch.
+
+    Args:
+        labels: [B, R, H, W] one-hot regions (``scene_labels``), at any side.
+        tokens: [B, T] int, each token's region index or −1 (``token_labels``).
+
+    Returns:
+        ``Targets`` with regions [B, T, H, W] (zero for free tokens) and used [B, T] bool."""
+    used = tokens >= 0
+    index = tokens.clamp_min(0)[..., None, None].expand(-1, -1, *labels.shape[2:])
+    regions = torch.gather(labels, 1, index) * used[..., None, None].to(labels.dtype)
     return Targets(regions, used)
+
+
+def scene_targets(scene: Scene, tokenizer, length: int = 77) -> Targets:
+    """The regions of a scene's caption words (``token_labels``): size, colour and shape words →
+    their object's mask, the background words → every pixel no object covers; ``regions``
+    [length, 64, 64], ``used`` [length]."""
+    found = regions_from_labels(scene_labels(scene)[None], token_labels(scene, tokenizer, length)[None])
+    return Targets(found.regions[0], found.used[0])
 
 
 def _per_layer(maps: list[torch.Tensor], regions: torch.Tensor):

@@ -1,16 +1,20 @@
-"""Train the shapes model from scratch and write it as a diffusers folder:
+"""Train the shapes model from scratch, the whole recipe in one command, and write it as a diffusers folder:
 
-    python -m pipelines.train_shapes --out DIR [--resume] [--vae-steps N] [--unet-steps N] [--seed S]
+    python -m pipelines.train_shapes --out DIR [--resume] [--checkpoint-dir DIR] [--processes 2] [--seed S]
 
-Hours on a CPU with the defaults (one core: about 2.4 s a VAE step, 1.5 s a UNet step at batch
-32), minutes on a GPU. The run checkpoints into the
-project's cache folder every few minutes (``--checkpoint-dir`` to choose); ``--resume`` continues a
+The recipe (``models.shapes_training.RECIPE``): the autoencoder, then the UNet with a 0-layer text
+encoder on world 2 of the shapes world, the token grounding and pixel terms joining part-way and
+the self-attention locality term (at a fifth of the learning rate) for the last steps, in bfloat16
+autocast with the scenes rendered once, data-parallel over two processes (one per core). Any field
+can be changed by its option (``--unet-steps``, ``--world``, ...). The run checkpoints every few
+minutes into the project's cache folder (``--checkpoint-dir`` to choose); ``--resume`` continues a
 stopped run from its last checkpoint with exactly the batches it would have seen, and when the
 checkpoint is gone it starts over. ``load_pipeline(DIR)`` loads the result like any SD model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -30,29 +34,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write the trained diffusers model into")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint, if any")
-    parser.add_argument("--vae-steps", default=None, help="VAE training steps (default 900)")
-    parser.add_argument("--unet-steps", default=None, help="UNet + text encoder steps (default 6000)")
+    parser.add_argument("--vae-steps", default=None, help="VAE training steps (default: the recipe's)")
+    parser.add_argument("--unet-steps", default=None, help="UNet + text encoder steps (default: the recipe's)")
     parser.add_argument("--batch-size", default=None, help="scenes per step (default 32)")
     parser.add_argument("--latent-scenes", default=None, help="scenes encoded once for the UNet phase (default 10000)")
     parser.add_argument("--text-layers", default=None,
-                        help="transformer layers of the text encoder (default 2; 0 keeps each word in its token)")
+                        help="transformer layers of the text encoder (default 0: each word stays in its token)")
+    parser.add_argument("--world", default=None, help="the shapes world's version, 1 or 2 (default 2)")
+    parser.add_argument("--processes", default="2",
+                        help="data-parallel training processes, one per core (default 2; the batch must divide)")
     parser.add_argument("--init-from", default=None,
                         help="a trained shapes model folder to start from: its VAE is kept, its UNet fine-tuned")
     parser.add_argument("--grounding-weight", default=None,
-                        help="weight of the token grounding loss: each word's attention on its object (default 0)")
+                        help="weight of the token grounding loss: each word's attention on its object "
+                             "(default: the recipe's, 0.1)")
     parser.add_argument("--pixel-weight", default=None,
-                        help="weight of the pixel grounding loss: each word's map even over its object (default 0)")
+                        help="weight of the pixel grounding loss: each word's map even over its object "
+                             "(default: the recipe's, 0.03)")
     parser.add_argument("--locality-weight", default=None,
                         help="weight of the self-attention locality loss: each pixel attends within its object "
-                             "or the background (default 0)")
+                             "or the background (default: the recipe's, 0.3)")
     parser.add_argument("--locality-max-t", default=None,
                         help="the locality loss counts only scenes noised to a timestep below this, 1-1000 "
-                             "(default 1000: all)")
+                             "(default: the recipe's, 500)")
     parser.add_argument("--unet-lr", default=None,
                         help="peak learning rate of the UNet phase (default 5e-4; a fine-tune keeps the model "
                              "closer to where it starts with less, such as 1e-4)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
-    parser.add_argument("--threads", default=None, help="CPU threads for torch (default: torch's own)")
+    parser.add_argument("--threads", default=None,
+                        help="CPU threads for torch in each process (default: 1 with --processes 2 or more, else torch's own)")
     parser.add_argument("--checkpoint-dir", default=None, help="default ~/.cache/promptedit/shapes-training/<config>")
     parser.add_argument("--checkpoint-minutes", default="3", help="minutes between checkpoints")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         seed = _count(args.seed, "--seed", low=0)
         if args.text_layers is not None:
             overrides["text_layers"] = _count(args.text_layers, "--text-layers", low=0)
+        if args.world is not None:
+            overrides["world"] = parse_number(args.world, "--world", low=1, high=2, integer=True,
+                                              hint="a world version, 1 or 2", error=UsageError)
+        processes = parse_number(args.processes, "--processes", low=1, high=64, integer=True,
+                                 hint="a number of processes such as 2", error=UsageError)
         for name in ("grounding_weight", "pixel_weight", "locality_weight"):
             if getattr(args, name) is not None:
                 overrides[name] = parse_number(getattr(args, name), f"--{name.replace('_', '-')}", low=0, high=1e4,
@@ -90,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from tqdm.auto import tqdm
 
-        from models.shapes_training import TrainConfig, train
+        from models import shapes_training
 
-        if threads:
-            torch.set_num_threads(threads)
-        config = TrainConfig(seed=seed, **overrides)
+        config = dataclasses.replace(shapes_training.RECIPE, seed=seed, **overrides)
+        if config.batch_size % processes:
+            raise UsageError(f"--batch-size {config.batch_size} does not split over --processes {processes}: "
+                             "give a batch that is a multiple of the processes")
         bars: dict[str, tqdm] = {}
 
         def progress(phase: str, step: int, total: int, loss: float) -> None:
@@ -103,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             if phase not in bars:
                 for bar in bars.values():
                     bar.close()
-                bars[phase] = tqdm(total=total, initial=step - 1, desc=f"training {phase}", file=sys.stderr)
+                # into a log file (not a terminal) a line every 30 s rather than every step
+                bars[phase] = tqdm(total=total, initial=step - 1, desc=f"training {phase}", file=sys.stderr,
+                                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
             bars[phase].update(1)
-            bars[phase].set_postfix(loss=f"{loss:.4f}")
+            bars[phase].set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar redraws at its own interval
 
-        summary = train(out, config, checkpoint_dir=checkpoint_dir, resume=args.resume,
-                        checkpoint_seconds=minutes * 60, progress=progress)
+        summary = shapes_training.train_parallel(
+            out, config, processes=processes, threads=threads or (1 if processes > 1 else torch.get_num_threads()),
+            checkpoint_dir=checkpoint_dir, resume=args.resume, checkpoint_seconds=minutes * 60, progress=progress)
         for bar in bars.values():
             bar.close()
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,8 +1,10 @@
-"""The shapes world: the renderer's ground truth, the detector that judges generations, the training
-loop (resume gives the same loss curve as an uninterrupted run) and the command's refusals."""
+"""The shapes world: the renderer's ground truth (world 1 as it always was, world 2's size bands and
+room rule), the detector that judges generations, the training loop (resume gives the same loss
+curve as an uninterrupted run, in one process or two) and the command's refusals."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,16 +14,22 @@ from data.shapes import (
     BACKGROUNDS,
     COLOURS,
     EDGE_MARGIN,
+    EDGE_MARGIN_V2,
+    GAP_V2,
+    GROWN_RADIUS,
     SHAPES,
+    SIZE_BANDS,
     SIZES,
     ShapeObject,
     caption_for,
     fits,
+    fits_grown,
     random_scene,
     render,
+    shape_mask,
     single_object_captions,
 )
-from eval.shapes import detect, iou
+from eval.shapes import detect, iou, size_word
 
 
 def test_captions_read_like_sd_prompts():
@@ -99,6 +107,98 @@ def test_the_detector_sees_nothing_in_a_plain_image_and_every_vocabulary_word():
             assert detect(scene.image).has(shape, colour, "small"), (shape, colour)
 
 
+def test_world_1_is_drawn_as_it_always_was():
+    """The shipped model was trained on world 1: its scenes, captions and masks for seeds 0–199
+    hash as they did before world 2 existed (digest taken from the renderer at commit 67aa562)."""
+    digest = hashlib.sha256()
+    for seed in range(200):
+        scene = random_scene(seed)
+        digest.update(np.asarray(scene.image).tobytes())
+        digest.update(scene.caption.encode())
+        for mask in scene.masks:
+            digest.update(mask.tobytes())
+    assert digest.hexdigest()[:16] == "2d5f1351e012267a"
+    with pytest.raises(ValueError, match="world"):
+        random_scene(0, world=3)
+
+
+@pytest.fixture(scope="module")
+def world2():
+    """World 2's scenes for seeds 0–999."""
+    return [random_scene(seed, world=2) for seed in range(1000)]
+
+
+def test_world_2_sizes_come_from_three_bands_and_medium_is_never_named(world2):
+    radii = {band: [] for band in SIZE_BANDS}
+    named = set()
+    for scene in world2:
+        for obj in scene.objects:
+            low, high = SIZE_BANDS[obj.size]
+            assert low <= obj.radius <= high
+            radii[obj.size].append(obj.radius)
+        named |= set(scene.caption.split()) & set(SIZE_BANDS)
+        assert "medium" not in scene.caption.split()
+    assert named == {"small", "big"}
+    for band, values in radii.items():  # a continuous range, not a few sizes
+        assert len(values) > 150 and len({round(v, 4) for v in values}) > 100, band
+    assert 0.2 < np.mean([len(s.objects) == 2 for s in world2]) < 0.45
+
+
+def test_world_2_room_rule_every_object_grown_to_big_fits_in_place(world2):
+    """For 1,000 seeds: each object grown to the largest big radius about its own centre stays
+    inside the frame (by the margin) and off the other object, in pixels as well as by the rule."""
+    edge = int(np.floor(EDGE_MARGIN_V2 * 64))
+    for scene in world2:
+        assert fits_grown(scene.objects), scene.caption
+        for i, obj in enumerate(scene.objects):
+            grown = shape_mask("square", obj.center, GROWN_RADIUS)  # the grown bounding square
+            assert not grown[:edge].any() and not grown[-edge:].any() and not grown[:, :edge].any() \
+                and not grown[:, -edge:].any(), scene.caption
+            for j, other in enumerate(scene.masks):
+                if j != i:
+                    assert not (grown & other).any(), scene.caption
+    assert fits("big", (0.5, 0.5), world=2) and not fits("big", (0.25, 0.5), world=2)
+    close = [ShapeObject("circle", "red", "small", (0.3, 0.3), r=0.1), ShapeObject("square", "blue", "small", (0.5, 0.3), r=0.1)]
+    assert not fits_grown(close)
+    apart = [close[0], ShapeObject("square", "blue", "small", (0.3 + GROWN_RADIUS + 0.1 + GAP_V2, 0.3), r=0.1)]
+    assert fits_grown(apart)
+
+
+def test_every_world_1_caption_is_a_world_2_caption(world2):
+    words_2 = {w for scene in world2 for w in scene.caption.split()}
+    for seed in range(300):
+        assert set(random_scene(seed).caption.split()) <= words_2
+    assert single_object_captions() == [(s, c, sh, b) for s in ("small", "big") for c in COLOURS for sh in SHAPES
+                                        for b in BACKGROUNDS]
+
+
+def test_the_detector_is_right_on_world_2_scenes(world2):
+    """Background, shape, colour and size band (read from the area) of every object of 1,000 world-2
+    scenes, and each object's mask at IoU ≥ 0.85."""
+    wrong = []
+    for scene in world2:
+        found = detect(scene.image, world=2)
+        ok = (found.background == scene.background and len(found.objects) == len(scene.objects)
+              and all(found.has(o.shape, o.colour, o.size) for o in scene.objects))
+        for obj, mask in zip(scene.objects, scene.masks):
+            match = [d for d in found.objects if d.shape == obj.shape and d.colour == obj.colour]
+            ok = ok and bool(match) and max(iou(d.mask, mask) for d in match) >= 0.85
+        if not ok:
+            wrong.append(scene.caption)
+    assert wrong == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_world_2_sizes_are_read_as_areas_at_every_band_edge(shape):
+    for band, (low, high) in SIZE_BANDS.items():
+        for radius in (low, (low + high) / 2, high):
+            for center in ((0.5, 0.5), (0.43, 0.61)):
+                mask = render([ShapeObject(shape, "green", band, center, r=radius)], "white").masks[0]
+                assert size_word(mask.sum(), shape, 64, world=2) == band, (band, radius, center)
+    # world 1 keeps its two sizes
+    assert size_word(render([ShapeObject(shape, "red", "small", (0.5, 0.5))], "black").masks[0].sum(), shape, 64) == "small"
+
+
 SMALL = dict(vae_steps=3, unet_steps=3, batch_size=2, latent_scenes=8, warmup_steps=2)
 
 
@@ -125,6 +225,56 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
     assert pipe.vae.config.scaling_factor == pytest.approx(last["scaling_factor"])
 
 
+# the recipe's schedule at a test's size: the grounding terms join at step 2, the locality term
+# and the low learning rate at step 3
+SCHEDULED = dict(SMALL, unet_steps=4, batch_size=4, world=2, text_layers=0, bf16=True, precompute=True, snr_gamma=5.0,
+                 grounding_weight=0.1, pixel_weight=0.03, grounding_from=2, locality_weight=0.3, locality_max_t=500,
+                 locality_from=3, lr_low_from=3)
+
+
+def test_the_recipe_schedule_trains_its_terms_in_one_run_and_resumes_exactly(tmp_path):
+    from models.loading import load_pipeline
+    from models.shapes_training import TrainConfig, model_world, train
+
+    config = TrainConfig(**SCHEDULED)
+    whole = train(tmp_path / "whole", config, checkpoint_dir=tmp_path / "ck1", resume=False)
+    assert whole["finished"] and whole["world"] == 2
+    losses = whole["losses"]
+    assert len(losses["unet"]) == 4 and len(losses["grounding"]) == len(losses["pixel"]) == 2
+    assert len(losses["locality"]) == 1
+    assert all(0 <= g <= 1 for g in losses["grounding"]) and all(np.isfinite(losses["unet"]))
+    # stopped in the VAE phase and in the UNet phase before and after the terms joined
+    for stop in (2, 5, 6):
+        part = train(tmp_path / "split", config, checkpoint_dir=tmp_path / "ck2", resume=True, stop_after=stop)
+        assert not part["finished"]
+    last = train(tmp_path / "split", config, checkpoint_dir=tmp_path / "ck2", resume=True)
+    assert last["finished"] and last["losses"] == whole["losses"]
+    pipe = load_pipeline(tmp_path / "split", device="cpu")
+    assert pipe.text_encoder.config.num_hidden_layers == 0
+    (tmp_path / "split" / "training.json").write_text(json.dumps({"world": last["world"]}))
+    assert model_world(tmp_path / "split") == 2 and model_world(tmp_path / "nowhere") == 1
+
+
+def test_two_processes_train_the_one_process_run(tmp_path):
+    """Data-parallel over two processes: the same ε loss curve as one process (float rounding
+    apart), and a two-process run stopped part-way resumes to the same end."""
+    from models.shapes_training import TrainConfig, train, train_parallel
+
+    config = TrainConfig(**{**SCHEDULED, "bf16": False})
+    one = train(tmp_path / "one", config, checkpoint_dir=tmp_path / "ck1", resume=False)
+    stopped = train_parallel(tmp_path / "two", config, processes=2, checkpoint_dir=tmp_path / "ck2", resume=False,
+                             stop_after=5)
+    assert not stopped["finished"]
+    two = train_parallel(tmp_path / "two", config, processes=2, checkpoint_dir=tmp_path / "ck2", resume=True)
+    assert two["finished"] and two["processes"] == 2
+    assert two["losses"]["vae"] == pytest.approx(one["losses"]["vae"], rel=1e-4)
+    assert two["losses"]["unet"] == pytest.approx(one["losses"]["unet"], rel=1e-3)
+    assert two["losses"]["grounding"] == pytest.approx(one["losses"]["grounding"], abs=0.05)
+    with pytest.raises(ValueError, match="split"):
+        train_parallel(tmp_path / "three", TrainConfig(**{**SCHEDULED, "batch_size": 3}), processes=2,
+                       checkpoint_dir=tmp_path / "ck3")
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--vae-steps", "0"], "--vae-steps"),
     (["--unet-steps", "nan"], "--unet-steps"),
@@ -139,6 +289,9 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
     (["--unet-lr", "0"], "--unet-lr"),
     (["--unet-lr", "fast"], "--unet-lr"),
     (["--init-from", "/nonexistent/shapes"], "--init-from"),
+    (["--world", "3"], "--world"),
+    (["--processes", "0"], "--processes"),
+    (["--batch-size", "3"], "--batch-size"),  # does not split over the 2 processes
 ])
 def test_train_shapes_refuses_bad_options(tmp_path, capsys, argv, words):
     from pipelines.train_shapes import main
@@ -155,18 +308,25 @@ def test_train_shapes_passes_its_options_to_the_run(tmp_path, monkeypatch, capsy
 
     seen = {}
 
-    def fake_train(out, config, **kwargs):
-        seen["config"] = config
+    def fake_train(out, config, processes=2, threads=1, **kwargs):
+        seen.update(config=config, processes=processes, threads=threads)
         out.mkdir(parents=True)
         return {"seconds": 0.0, "config": {"unet_lr": config.unet_lr}}
 
-    monkeypatch.setattr(shapes_training, "train", fake_train)
-    argv = ["--out", str(tmp_path / "m"), "--unet-lr", "1e-4", "--locality-max-t", "500", "--unet-steps", "7", "--quiet"]
+    monkeypatch.setattr(shapes_training, "train_parallel", fake_train)
+    argv = ["--out", str(tmp_path / "m"), "--unet-lr", "1e-4", "--locality-max-t", "400", "--unet-steps", "7", "--quiet"]
     assert main(argv) == 0
     config = seen["config"]
-    assert (config.unet_lr, config.locality_max_t, config.unet_steps) == (1e-4, 500, 7)
-    assert config.key() != shapes_training.TrainConfig(locality_max_t=500).key()  # its own checkpoint folder
+    assert (config.unet_lr, config.locality_max_t, config.unet_steps) == (1e-4, 400, 7)
+    assert config.key() != shapes_training.TrainConfig(locality_max_t=400).key()  # its own checkpoint folder
     assert json.loads((tmp_path / "m" / "training.json").read_text())["config"]["unet_lr"] == 1e-4
+    # everything else is the recipe's, on two processes of one thread each
+    recipe = shapes_training.RECIPE
+    assert (config.world, config.text_layers, config.grounding_from, config.locality_from, config.vae_steps) == (
+        recipe.world, recipe.text_layers, recipe.grounding_from, recipe.locality_from, recipe.vae_steps)
+    assert (seen["processes"], seen["threads"]) == (2, 1)
+    assert main(["--out", str(tmp_path / "n"), "--processes", "1", "--world", "1", "--threads", "2", "--quiet"]) == 0
+    assert (seen["processes"], seen["threads"], seen["config"].world) == (1, 2, 1)
 
 
 def test_train_shapes_refuses_a_file_as_out(tmp_path, capsys):

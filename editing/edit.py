@@ -270,7 +270,8 @@ def edit(
         if inversion is None:
             raise EditSpecError("the latent guard puts rows back on an inversion's trajectory: "
                                 "edit with inversion=..., or set latent_guard to 0")
-        guard = LatentGuard(inversion.trajectory, int(spec.latent_guard), int(spec.guard_radius), float(spec.guard_rate))
+        guard = LatentGuard(inversion.trajectory, int(spec.latent_guard), int(spec.guard_radius), float(spec.guard_rate),
+                            float(spec.prox_quantile))
     model_blend = blend_defaults(pipe)
     controller = build_controller(spec, pipe.tokenizer, num_steps, keep_maps=return_attention,
                                   latent_hw=latent_hw, native_side=native, model_blend=model_blend)

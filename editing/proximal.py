@@ -29,12 +29,19 @@ class Proximal:
 class LatentGuard:
     """The latent guard: at timesteps below ``timestep``, outside the proximal step's region
     (dilated by ``radius`` latent pixels), every row is pulled back onto ``trajectory``
-    (z*_0 … z*_T, [T+1, 1, 4, h, w]) by ``rate`` (1: replaced)."""
+    (z*_0 … z*_T, [T+1, 1, 4, h, w]) by ``rate`` (1: replaced). Without proximal guidance the
+    region is where an "l0" step at ``quantile`` would keep guidance, and the guidance stays plain
+    (the authors' code guards only with the proximal step on)."""
 
     trajectory: torch.Tensor
     timestep: int
     radius: int = 1
     rate: float = 1.0
+    quantile: float = 0.75
+
+    def region_rule(self, prox: Proximal | None) -> Proximal:
+        """The thresholding whose kept guidance is the edit region: ``prox``, else l0 at ``quantile``."""
+        return prox if prox is not None else Proximal("l0", self.quantile)
 
 
 def proximal_delta(delta: torch.Tensor, prox: Proximal) -> tuple[torch.Tensor, torch.Tensor]:

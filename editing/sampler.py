@@ -49,9 +49,9 @@ def denoise(
             before the controller's step end (DirectInversion's offsets); None: nothing added.
         prox: proximal guidance (``editing.proximal``): the guidance difference of the whole
             batch is thresholded before the guided step; None: plain guidance.
-        guard: the latent guard (needs ``prox``): after each scheduler step at a timestep below
-            ``guard.timestep``, every row is put back on ``guard.trajectory`` outside the region
-            where the proximal step kept guidance.
+        guard: the latent guard: after each scheduler step at a timestep below ``guard.timestep``,
+            every row is put back on ``guard.trajectory`` outside the region where the proximal
+            step kept guidance (without ``prox``: where an l0 step would have, guidance plain).
 
     Order within a step: UNet, guidance (proximal or plain), scheduler step, source offset, latent
     guard, then the controller (local blend).
@@ -69,21 +69,23 @@ def denoise(
         raise ValueError(f"{uncond.shape[0]} null embeddings for {num_steps} steps: invert with the same number of steps")
     if source_offsets is not None and source_offsets.shape[0] != num_steps:
         raise ValueError(f"{source_offsets.shape[0]} offsets for {num_steps} steps: invert with the same number of steps")
-    if guard is not None and (prox is None or guard.trajectory.shape[0] != num_steps + 1):
-        raise ValueError("the latent guard needs proximal guidance and a trajectory of num_steps + 1 latents")
+    if guard is not None and guard.trajectory.shape[0] != num_steps + 1:
+        raise ValueError(f"the latent guard needs a trajectory of {num_steps + 1} latents, not {guard.trajectory.shape[0]}")
     with controlled_attention(pipe.unet, controller) as hook:
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="editing", disable=not progress, leave=False)):
             hook.step = i
             out_uncond, out_cond = noise_pair(pipe, z, t, cond, uncond[i] if per_step else uncond)
             delta = out_cond - out_uncond
-            if prox is not None:
-                delta, tau = proximal_delta(delta, prox)
+            guarded = guard is not None and int(t) < guard.timestep
+            if prox is not None or guarded:
+                kept, tau = proximal_delta(delta, prox if prox is not None else guard.region_rule(None))
+                delta = kept if prox is not None else delta  # without prox the guidance stays plain
             z = scheduler.step(out_uncond + guidance_scale * delta, t, z, eta=0.0).prev_sample
             if source_offsets is not None:
                 z = torch.cat([z[:1] + source_offsets[i].to(z.device, z.dtype), z[1:]])
-            if guard is not None and int(t) < guard.timestep:
+            if guarded:
                 target = guard.trajectory[num_steps - i - 1]
-                z = apply_guard(z, target, guard_keep(delta, tau, guard.radius), guard.rate)
+                z = apply_guard(z, target, guard_keep(kept, tau, guard.radius), guard.rate)
             if controller is not None:
                 z = controller.on_step_end(z, i)
             if on_step is not None:

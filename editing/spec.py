@@ -73,7 +73,8 @@ class EditSpec:
         latent_guard: the latent guard's timestep T_g (0: off; the authors use 400): at
             timesteps below it, outside the proximal step's region dilated by ``guard_radius``
             latent pixels, every row is put back on the inversion's trajectory (by
-            ``guard_rate``, 1: replaced). Needs ``prox`` and an inversion.
+            ``guard_rate``, 1: replaced). Needs an inversion. Without ``prox`` the region is where
+            an "l0" step at ``prox_quantile`` would keep guidance, and guidance stays plain.
     """
 
     prompts: list[str]
@@ -142,9 +143,6 @@ class EditSpec:
                      hint="latent pixels the guard's edit region is dilated by (the authors use 1)", error=EditSpecError)
         check_number(self.guard_rate, "guard_rate =", low=0, high=1,
                      hint="how far the guard pulls a latent back (1: replaced, the authors' value)", error=EditSpecError)
-        if self.latent_guard and self.prox is None:
-            raise EditSpecError("the latent guard acts outside the region proximal guidance keeps: "
-                                "turn proximal guidance on too (prox 'l0' or 'l1', --prox l0), or set latent_guard to 0")
 
     def _check_cross_steps(self) -> dict[str, tuple[float, float]]:
         value = self.cross_replace_steps

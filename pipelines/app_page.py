@@ -160,7 +160,7 @@ def build_page(session: EditSession, examples: list[list[str]], model: str) -> g
                         prox_quantile = gr.Number(value=0.75, minimum=-100, maximum=1, label="Proximal quantile",
                                                   info="threshold: this quantile of |ε_c − ε_u| (≤ 0: minus a fixed one)")
                         guard = gr.Number(value=0, precision=0, minimum=0, maximum=1000, label="Latent guard below t",
-                                          info="needs proximal guidance; the authors use 400; 0: off")
+                                          info="outside the proximal region (l0's without proximal guidance); the authors use 400; 0: off")
                 with gr.Accordion("Faders (reweight a target word, −2…2)", open=True):
                     words = gr.State([])
                     sliders = [gr.Slider(FADER_RANGE[0], FADER_RANGE[1], value=1.0, step=0.1, visible=False,

@@ -240,7 +240,7 @@ def add_guidance_options(parser: argparse.ArgumentParser, defaults: bool = True)
                                           "for a fixed threshold τ (default 0.75, the authors' PIE-Bench runs)")
     parser.add_argument("--latent-guard", type=number_type("latent_guard"), default=0 if defaults else None,
                         metavar="T", help="below timestep T, put every row back on the inverted trajectory outside "
-                                          "the region proximal guidance keeps (needs --prox; the authors use 400; "
+                                          "the region proximal guidance keeps (without --prox: where l0 at --prox-quantile would; the authors use 400; "
                                           "default 0: off)")
 
 

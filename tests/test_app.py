@@ -151,7 +151,7 @@ def test_second_edit_of_the_same_photo_reuses_the_inversion(client):
 
 
 @pytest.mark.parametrize("options,label", [
-    (dict(inversion="direct"), "direct+p2p"),
+    (dict(inversion="direct", latent_guard=300), "direct+p2p+guard"),
     (dict(inversion="fixed-point", fixed_point_steps=2, fixed_point_anchor=2.0, prox="l0", prox_quantile=0.7,
           latent_guard=400), "fixed-point-anchor+p2p+prox+guard"),
 ])
@@ -166,11 +166,11 @@ def test_every_inversion_and_guidance_option_through_the_api(client, options, la
     assert method_of(run) == label
 
 
-def test_a_guard_without_prox_is_a_message(client):
+def test_a_bad_guidance_option_is_a_message(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="proximal"):
-        edit(client, prox="off", latent_guard=400)
+    with pytest.raises(AppError, match="prox_quantile"):
+        edit(client, prox="l0", prox_quantile=3)
     assert edit(client)[-1]  # and the server keeps serving
 
 

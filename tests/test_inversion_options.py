@@ -52,7 +52,7 @@ def test_edit_real_with_direct_and_with_fixed_point_prox_and_guard(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--latent-guard", "400"], "proximal"),
+    (["--latent-guard", "-4"], "--latent-guard"),
     (["--prox", "l2"], "invalid choice"),
     (["--prox", "l0", "--prox-quantile", "2"], "--prox-quantile"),
     (["--inversion", "fixed-point", "--fixed-point-steps", "-1"], "--fixed-point-steps"),

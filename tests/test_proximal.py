@@ -100,9 +100,20 @@ def test_guard_keeps_only_outside_the_region_and_only_below_its_timestep(tiny_pi
     torch.testing.assert_close(never, prox, rtol=0, atol=0)  # no timestep is below 1
 
 
-def test_guard_needs_prox_and_an_inversion(tiny_pipe):
-    with pytest.raises(EditSpecError, match="proximal"):
-        EditSpec([PROMPT, TARGET], latent_guard=400)
+def test_guard_alone_uses_the_l0_region_and_keeps_plain_guidance(tiny_pipe64, npi):
+    plain = edit(tiny_pipe64, EditSpec([PROMPT, TARGET]), inversion=npi).latents
+    alone = edit(tiny_pipe64, EditSpec([PROMPT, TARGET], latent_guard=1000), inversion=npi).latents
+    on_z0 = (alone[1] - npi.z_0[0]).abs() < 1e-10
+    assert 0.2 < on_z0.double().mean() < 1.0 and (plain[1] - npi.z_0[0]).abs().lt(1e-10).double().mean() < 0.01
+    # with nothing kept by the l0 rule (Q = 1), the guard acts everywhere, guidance or not
+    everywhere = edit(tiny_pipe64, EditSpec([PROMPT, TARGET], latent_guard=1000, prox_quantile=1.0), inversion=npi)
+    torch.testing.assert_close(everywhere.latents, npi.z_0.expand(2, -1, -1, -1), rtol=0, atol=1e-10)
+    # a guard that never acts leaves plain guidance exactly as it was
+    never = edit(tiny_pipe64, EditSpec([PROMPT, TARGET], latent_guard=1), inversion=npi).latents
+    torch.testing.assert_close(never, plain, rtol=0, atol=0)
+
+
+def test_guard_needs_an_inversion(tiny_pipe):
     with pytest.raises(EditSpecError, match="inversion"):
         edit(tiny_pipe, EditSpec([PROMPT, TARGET], prox="l0", latent_guard=400), num_steps=2,
              generator=torch.Generator().manual_seed(0))

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
             inner = args.inner_steps if args.inner_steps is not None else (10 if tiny else 2)
             # SDXL's trainable baseline would add 10 GB of weight gradients: measured on the others
-            methods, cost = bench_inversion(model, steps, device, dtype, inner, repeats, baseline=not model.startswith("sdxl"))
+            methods, cost = bench_inversion(model, steps, device, dtype, inner, repeats, baseline=not model.startswith("sdxl"),
+                                            fixed_steps=5 if tiny else inner)
             rows.extend(methods)
             costs.append(cost)
         if not args.json:

@@ -3,6 +3,8 @@ UNet forward/backward counts, peak memory of a DDIM-inversion step and of a null
 reconstruction error. Baselines measured in the same run: plain DDIM inversion for the methods,
 and for null-text the same optimization with the weights left trainable (``backward`` then
 computes, and keeps, a gradient for every weight: the behaviour before ``models.frozen``).
+DirectInversion and fixed-point inversion are timed against null-text in the same run
+(interleaved), and an edit from a direct inversion against an edit from a null-text one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 from bench.measure import Measure, load_bench_model, measure, spread, spread_text
 from data.images import load_image
 from inversion import Inversion, reconstruct_latent
+from editing import EditSpec, edit
 from inversion.ddim import ddim_inversion
+from inversion.direct import direct_offsets
+from inversion.fixed_point import fixed_point_inversion
 from inversion.negative_prompt import negative_prompt_embeddings
 from inversion.null_text import null_text_optimization
 from inversion.invert import photo_time_ids
@@ -42,6 +47,7 @@ class Run:
     backward: int = 0
     weight_grads_mb: float = 0.0
     inner_per_forward: float = float("nan")
+    offsets: torch.Tensor | None = None
 
     @property
     def seconds(self) -> float:
@@ -94,12 +100,27 @@ def _drop_weight_grads(pipe) -> float:
     return size / 2**20
 
 
-def _invert(pipe, inputs, method: str, steps: int, inner_steps: int, device, trainable: bool = False) -> Run:
+def _invert(pipe, inputs, method: str, steps: int, inner_steps: int, device, trainable: bool = False,
+            anchor: float = 0.0) -> Run:
+    """One inversion by ``method``; for "fixed-point" ``inner_steps`` is K (``anchor``: DCI's λ)."""
     latent, cond, uncond = inputs
+    if method == "fixed-point":
+        counts = {"unet_forward": 0, "unet_backward": 0}
+        with measure(device) as stage:
+            trajectory, _ = fixed_point_inversion(pipe, latent, cond, steps, max_steps=inner_steps, anchor=anchor,
+                                                  counts=counts)
+        run = Run(trajectory, negative_prompt_embeddings(cond, steps), Measure(), stage, counts["unet_forward"],
+                  counts["unet_backward"])
+        run.weight_grads_mb = _drop_weight_grads(pipe)
+        return run
     with measure(device) as ddim:
         trajectory = ddim_inversion(pipe, latent, cond, steps)
     run = Run(trajectory, None, ddim, forward=steps)
-    if method == "negative-prompt":
+    if method == "direct":
+        with measure(device) as run.optimization:
+            run.offsets = direct_offsets(pipe, trajectory, cond, uncond, steps, GUIDANCE)
+        run.forward += steps
+    elif method == "negative-prompt":
         run.nulls = negative_prompt_embeddings(cond, steps)
     elif method == "null-text":
         optimize = null_text_optimization.__wrapped__ if trainable else null_text_optimization
@@ -123,16 +144,29 @@ def _embeds(nulls: torch.Tensor | Conditioning) -> torch.Tensor:
 
 def _latent_mse(pipe, run: Run, method: str, steps: int, ids: torch.Tensor | None) -> float:
     """MSE between the guided (w = 7.5) reconstruction from x_T and the photo's latent."""
-    nulls = run.nulls
-    pooled = nulls.pooled.cpu() if isinstance(nulls, Conditioning) else None
-    inv = Inversion(run.trajectory.cpu(), None if nulls is None else _embeds(nulls).cpu(), PROMPT, method, steps, GUIDANCE,
-                    null_pooled=pooled, time_ids=ids)
+    inv = _record(run, method, steps, ids)
     return (reconstruct_latent(pipe, inv).float().cpu() - inv.z_0.float()).pow(2).mean().item()
 
 
+def _record(run: Run, method: str, steps: int, ids: torch.Tensor | None) -> Inversion:
+    """The ``Inversion`` an edit takes, from a benchmark run."""
+    nulls = run.nulls
+    pooled = nulls.pooled.cpu() if isinstance(nulls, Conditioning) else None
+    return Inversion(run.trajectory.cpu(), None if nulls is None else _embeds(nulls).cpu(), PROMPT, method, steps,
+                     GUIDANCE, null_pooled=pooled, time_ids=ids, offsets=run.offsets)
+
+
+def _edit_seconds(pipe, inv: Inversion, device) -> float:
+    """Seconds of one word-swap edit (source and one target) from ``inv``."""
+    with measure(device) as m:
+        edit(pipe, EditSpec([PROMPT, PROMPT.replace("cat", "dog")]), inversion=inv)
+    return m.seconds
+
+
 def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.dtype, inner_steps: int = 10,
-                    repeats: int = 1, baseline: bool = True) -> tuple[list[dict], dict]:
-    """Every method on ``model``, plus null-text with trainable weights as its baseline.
+                    repeats: int = 1, baseline: bool = True, fixed_steps: int = 5) -> tuple[list[dict], dict]:
+    """Every method on ``model``, plus null-text with trainable weights as its baseline; fixed-point
+    with K = ``fixed_steps`` (DCI's 5), with and without DCI's anchor (λ = 2).
 
     Null-text frozen and trainable run ``repeats`` times, interleaved (the order alternates), and
     their ratio is taken per pair. ``baseline=False`` leaves the trainable run out (on SDXL its
@@ -146,29 +180,44 @@ def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.d
     if repeats > 1:  # and the first backward; a single run (SD 1.5) saves the time: frozen goes first, paying it
         _invert(pipe, inputs, "null-text", 1, 1, device)
     runs = {m: [_invert(pipe, inputs, m, steps, inner_steps, device)] for m in ("ddim", "negative-prompt")}
-    runs["null-text"], runs["trainable"] = [], []
+    runs["null-text"], runs["trainable"], runs["direct"], runs["fixed-point"], runs["anchor"] = [], [], [], [], []
+    edits = []  # (seconds from direct, seconds from null-text), interleaved
     for k in range(repeats):
         for trainable in ((False, True) if k % 2 == 0 else (True, False))[: 2 if baseline else 1]:
             run = _invert(pipe, inputs, "null-text", steps, inner_steps, device, trainable)
             runs["trainable" if trainable else "null-text"].append(run)
+        runs["direct"].append(_invert(pipe, inputs, "direct", steps, inner_steps, device))
+        runs["fixed-point"].append(_invert(pipe, inputs, "fixed-point", steps, fixed_steps, device))
+        runs["anchor"].append(_invert(pipe, inputs, "fixed-point", steps, fixed_steps, device, anchor=2.0))
+        pair = [_record(runs[m][-1], m, steps, ids) for m in ("direct", "null-text")]
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        seconds = {j: _edit_seconds(pipe, pair[j], device) for j in order}
+        edits.append((seconds[0], seconds[1]))
     frozen, trainable = runs["null-text"], runs["trainable"]
     rows = []
     names = (("ddim", "ddim"), ("negative-prompt", "negative-prompt"), ("null-text", "null-text"),
+             ("direct", "direct"), ("fixed-point", "fixed-point"), ("anchor", "fixed-point"),
              ("trainable", "null-text"))
-    for name, method in names[: 4 if baseline else 3]:
+    labels = {"trainable": "null-text, trainable weights (baseline)", "fixed-point": f"fixed-point (K={fixed_steps})",
+              "anchor": f"fixed-point, DCI anchor λ=2 (K={fixed_steps})"}
+    for name, method in names[: 7 if baseline else 6]:
         done = runs[name]
         rows.append({
             "model": model,
-            "method": method if name != "trainable" else "null-text, trainable weights (baseline)",
+            "method": labels.get(name, method),
             "steps": steps,
-            "inner_steps": inner_steps if method == "null-text" else 0,
+            "inner_steps": inner_steps if method == "null-text" else fixed_steps if method == "fixed-point" else 0,
             "seconds": spread_text([r.seconds for r in done]),
             "unet_forward": done[0].forward,
             "unet_backward": done[0].backward,
-            "peak_mb_ddim_step": round(max(r.ddim.peak_mb for r in done), 1),
-            "peak_mb_null_text_step": round(max(r.optimization.peak_mb for r in done), 1) if method == "null-text" else "",
+            "peak_mb_ddim_step": round(max(r.ddim.peak_mb for r in done), 1) if method != "fixed-point" else "",
+            "peak_mb_null_text_step": (round(max(r.optimization.peak_mb for r in done), 1)
+                                       if method in ("null-text", "fixed-point") else ""),
             "latent_mse": float(f"{_latent_mse(pipe, done[0], method, steps, ids):.4g}") if name != "trainable" else "",
         })
+    direct_ratios = [d.seconds / n.seconds for d, n in zip(runs["direct"], frozen)]
+    fixed_ratios = [f.seconds / n.seconds for f, n in zip(runs["fixed-point"], frozen)]
+    edit_ratios = [d / n for d, n in edits]
     cost = {
         "model": model,
         "steps": steps,
@@ -176,6 +225,11 @@ def bench_inversion(model: str, steps: int, device: torch.device, dtype: torch.d
         "repeats": repeats,
         "seconds_per_forward": round(statistics.median(r.ddim.seconds / steps for r in frozen), 4),
         "inner_step_per_forward": spread_text([r.inner_per_forward for r in frozen], 2),
+        # issue #29's targets: direct ≤ 0.15× null-text's inversion time, an edit from it ≤ 1.05×
+        "direct_to_null_text": spread_text(direct_ratios),
+        "fixed_point_to_null_text": spread_text(fixed_ratios),
+        "edit_direct_to_null_text": spread_text(edit_ratios),
+        "direct_targets_met": spread(direct_ratios)["median"] <= 0.15 and spread(edit_ratios)["median"] <= 1.05,
     }
     if not baseline:
         return rows, cost

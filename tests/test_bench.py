@@ -28,9 +28,16 @@ def test_spread():
 
 def test_inversion_keeps_the_trainable_baseline():
     rows, cost = bench_inversion("tiny", 2, CPU, torch.float32, inner_steps=2, repeats=2)
-    assert [r["method"] for r in rows] == ["ddim", "negative-prompt", "null-text",
+    assert [r["method"] for r in rows] == ["ddim", "negative-prompt", "null-text", "direct", "fixed-point (K=5)",
+                                           "fixed-point, DCI anchor λ=2 (K=5)",
                                            "null-text, trainable weights (baseline)"]
-    assert rows[2]["unet_backward"] == rows[3]["unet_backward"] > 0
+    assert rows[2]["unet_backward"] == rows[6]["unet_backward"] > 0
+    direct = rows[3]
+    assert direct["unet_forward"] == 2 * 2 and direct["unet_backward"] == 0  # DDIM inversion + one guided pass
+    assert direct["latent_mse"] < 1e-8 < rows[0]["latent_mse"]  # the offsets land the source row on z_0
+    assert 0 < rows[4]["unet_backward"] <= 2 * 5
+    for key in ("direct_to_null_text", "fixed_point_to_null_text", "edit_direct_to_null_text"):
+        assert "(" in cost[key]  # median (min–max) over the two interleaved repeats
     assert cost["nulls_max_diff"] == 0.0  # frozen or not, the same embeddings
     assert cost["weight_grads_mb_baseline"] > 1  # the baseline really computed weight gradients
     assert cost["repeats"] == 2 and "(" in cost["ratio_to_baseline"]

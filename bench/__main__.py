@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reweight-seeds", type=int, default=6, help="shapes --claims: cases for the reweighting curves")
     parser.add_argument("--parts", default="bcdefgi",
                         help="shapes --claims: which claims (letters of issue #14; i: the generated sources "
-                             "null-text inverted and swapped again, the inversion's share of (f))")
+                             "null-text inverted and swapped again, the inversion's share of (f); t: (b)/(f) on photos "
+                             "for every inversion × {p2p, +prox, +guard, +both}, issue #30's table, not in the default)")
     parser.add_argument("--blend-side", type=int, default=None,
                         help="shapes --claims: local blend map side (default: the model's own, else SPEC's)")
     parser.add_argument("--blend-threshold", type=float, default=None,

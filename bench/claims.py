@@ -374,6 +374,65 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     return {"records": records, "seconds_per_photo": seconds}
 
 
+# Edit-time additions of issue #30, each on and off: proximal guidance (l0 at 0.75, the authors'
+# PIE-Bench setting) and the latent guard (below t = 400)
+GUIDANCE_VARIANTS = (("p2p", {}), ("+prox", {"prox": "l0", "prox_quantile": 0.75}), ("+guard", {"latent_guard": 400}),
+                     ("+both", {"prox": "l0", "prox_quantile": 0.75, "latent_guard": 400}))
+
+
+def run_guidance_table(pipe, count: int, steps: int = 50, inner_steps: int = 10) -> list[dict]:
+    """(b) and (f) on rendered photos for every inversion × {plain P2P, +prox, +guard, +both}: one
+    row each, so that the source of a gain shows. Returns rows with the reconstruction PSNR (dB),
+    the background PSNR (dB) of the colour and shape swaps, and each swap's detector rate and IoU."""
+    from bench.shapes import INVERSIONS
+    from inversion import invert
+
+    scenes = [random_scene(seed, max_objects=1) for seed in list(PHOTO_SEEDS)[:count]]
+    cases = []
+    for i, scene in enumerate(scenes):
+        obj = scene.objects[0]
+        targets = pick_targets(np.random.default_rng(PHOTO_SEEDS[i]), obj.colour, obj.shape, scene.background)
+        prompts = swap_prompts(scene.caption, {"colour": obj.colour, "shape": obj.shape,
+                                               "background": scene.background}, targets)
+        cases.append((Source(scene.image, scene.masks[0], obj.shape, obj.colour, scene.background), targets, prompts))
+    rows = []
+    for label, options in tqdm(INVERSIONS, desc="claims: inversions × guidance", file=sys.stderr):
+        started = time.perf_counter()
+        inversions = invert(pipe, [s.image for s in scenes], [s.caption for s in scenes], num_steps=steps,
+                            num_inner_steps=inner_steps, progress=False, **options)
+        seconds = (time.perf_counter() - started) / len(scenes)
+        for variant, extra in GUIDANCE_VARIANTS:
+            judged, rebuilt = [], []
+            for scene, inv, (source, targets, prompts) in zip(scenes, inversions, cases):
+                result = edit(pipe, EditSpec([scene.caption, *prompts.values()], mode="replace", **extra), inversion=inv)
+                judged.append({k: judge_swap(k, targets[k], source, result.images[1 + j], reference=scene.image)
+                               for j, k in enumerate(SWAPS)})
+                rebuilt.append(psnr(np.asarray(scene.image), np.asarray(result.images[0])))
+            swaps = summarize_swaps(judged)
+            rows.append({
+                "inversion": label, "guidance": variant, "photos": len(scenes),
+                "inversion_seconds_per_photo": round(seconds, 1),
+                "reconstruction_db": _mean(rebuilt),
+                "background_db": _mean([j[k]["background_db"] for j in judged for k in ("colour", "shape")]),
+                **{f"{k}_changed": swaps[k]["changed"] for k in SWAPS},
+                **{f"{k}_iou": swaps[k]["iou"] for k in SWAPS},
+                "b_passed": all(swaps[k]["passed"] for k in SWAPS),
+            })
+    return rows
+
+
+def print_guidance_table(rows: list[dict]) -> list[str]:
+    """The inversion × guidance table as markdown lines."""
+    lines = ["| inversion | guidance | s/photo | reconstruction dB | background dB | colour made / IoU | "
+             "shape made / IoU | background made / IoU | (b) |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['inversion']} | {r['guidance']} | {r['inversion_seconds_per_photo']} | "
+                     f"{r['reconstruction_db']} | {r['background_db']} | "
+                     + " | ".join(f"{r[k + '_changed']:.0%} / {r[k + '_iou']:.2f}" for k in SWAPS)
+                     + f" | {_pf(r['b_passed'])} |")
+    return lines
+
+
 # ---------------------------------------------------------------- summaries
 def _mean(values) -> float:
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
@@ -527,6 +586,9 @@ def bench_shapes_claims(model: str = "shapes", seeds: int = 12, photos: int = 6,
     real = run_photos(pipe, photos, blend, steps, pictures=pictures["photos"] if keep else None) if "f" in parts else None
     seconds["photos"] = round(time.perf_counter() - started) - sum(seconds.values())
     claims = summarize(generated, reweight, real, blend)
+    if "t" in parts:
+        claims["t_guidance"] = {"rows": run_guidance_table(pipe, photos, steps)}
+    seconds["guidance_table"] = round(time.perf_counter() - started) - sum(seconds.values())
     report = {"model": model, "blend": {"map_side": blend[0], "threshold": blend[1],
                                         "from_model": own.map_side is not None or own.threshold is not None},
               "skipped_seeds": generated["skipped_seeds"], "claims": claims, "seconds": seconds,
@@ -656,6 +718,8 @@ def print_claims(report: dict) -> str:
         lines.append(f"(g) attention ({g['map_side']}×{g['map_side']} maps): IoU {g['iou']} generated"
                      + (f", {g['photos_iou']} photos" if "photos_iou" in g else "") + f" (≥ {t['attention_iou']}): "
                      f"{_pf(g['passed'])}")
+    if "t_guidance" in c:
+        lines += ["(b)/(f) on photos, every inversion × guidance:", *print_guidance_table(c["t_guidance"]["rows"])]
     lines.append(f"seconds: {report['seconds']}" + (f"; grids in {report['out']}" if "out" in report else ""))
     lines.append(f"claims: {'ALL PASSED' if report['passed'] else 'SOME FAILED'}")
     return "\n".join(lines)

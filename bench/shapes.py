@@ -86,9 +86,20 @@ def gate_generation(pipe, seeds=range(100), batch: int = 10, steps: int = 50) ->
     }
 
 
-def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10, guidance: float = 7.5) -> dict:
-    """Reconstruction PSNR (dB) of rendered single-object scenes per inversion method, and the VAE's
-    own round trip as the ceiling."""
+# Every inversion the gate's table reads, as (label, invert() keywords); the gate itself judges
+# null-text against ddim and negative-prompt
+INVERSIONS = (("ddim", {"method": "ddim"}), ("negative-prompt", {"method": "negative-prompt"}),
+              ("null-text", {"method": "null-text"}), ("direct", {"method": "direct"}),
+              ("fixed-point", {"method": "fixed-point", "fixed_point_steps": 5}),
+              ("fixed-point-anchor", {"method": "fixed-point", "fixed_point_anchor": 2.0}))
+GATE_METHODS = ("ddim", "negative-prompt", "null-text")
+
+
+def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10, guidance: float = 7.5,
+                   methods: tuple[str, ...] = tuple(label for label, _ in INVERSIONS)) -> dict:
+    """Reconstruction PSNR (dB) of rendered single-object scenes per inversion (labels of
+    ``INVERSIONS``; the gate's three at least), and the VAE's own round trip as the ceiling.
+    Fixed-point runs at K = 5 (DCI's), its anchored variant at λ = 2, K = 5."""
     from inversion import invert, reconstruct
     from models.codec import decode_latents, encode_image
 
@@ -97,11 +108,13 @@ def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10
     per_method: dict[str, list[float]] = {"vae": [psnr(image, decode_latents(pipe, encode_image(pipe, image))[0])
                                                   for image in images]}
     seconds: dict[str, float] = {}
-    for method in ("ddim", "negative-prompt", "null-text"):
-        # all photos in one UNet batch: each keeps its own null-text optimizer and early stop
+    for method, options in INVERSIONS:
+        if method not in methods:
+            continue
+        # all photos in one UNet batch: each keeps its own optimizer and early stop
         started = time.perf_counter()
-        inversions = invert(pipe, images, [scene.caption for scene in scenes], method=method, num_steps=steps,
-                            num_inner_steps=inner_steps, guidance_scale=guidance, progress=False)
+        inversions = invert(pipe, images, [scene.caption for scene in scenes], num_steps=steps,
+                            num_inner_steps=inner_steps, guidance_scale=guidance, progress=False, **options)
         seconds[method] = time.perf_counter() - started
         per_method[method] = [psnr(image, reconstruct(pipe, inv)) for image, inv in zip(images, inversions)]
     means = {m: round(statistics.mean(v), 2) for m, v in per_method.items()}

@@ -410,3 +410,21 @@ def test_edit_uses_the_models_blend_defaults_where_the_spec_gives_none(tmp_path)
     assert blend.threshold == 0.2 and blend.factor == 1
     blend = build_controller(spec, pipe.tokenizer, 10, native_side=native).blend
     assert blend.threshold == 0.3 and blend.factor is None
+
+
+def test_guidance_table_has_a_row_per_inversion_and_variant(shapes_pipe):
+    """Issue #30's table on one photo at a few steps: every inversion × {p2p, +prox, +guard, +both}."""
+    from bench import claims
+    from bench.shapes import INVERSIONS
+
+    rows = claims.run_guidance_table(shapes_pipe, 1, steps=6, inner_steps=2)
+    assert [(r["inversion"], r["guidance"]) for r in rows] == [
+        (label, variant) for label, _ in INVERSIONS for variant, _ in claims.GUIDANCE_VARIANTS]
+    by = {(r["inversion"], r["guidance"]): r for r in rows}
+    # the direct inversion's source row is the photo's own latent; DDIM's, guided at 7.5 over 6 steps, is not
+    assert by[("direct", "p2p")]["reconstruction_db"] > by[("ddim", "p2p")]["reconstruction_db"] + 3
+    assert by[("direct", "+prox")]["colour_iou"] != by[("direct", "p2p")]["colour_iou"] or \
+        by[("direct", "+prox")]["background_db"] != by[("direct", "p2p")]["background_db"]  # prox changes the edit
+    assert all(0 <= r["colour_changed"] <= 1 for r in rows)
+    text = "\n".join(claims.print_guidance_table(rows))
+    assert "| fixed-point-anchor | +both |" in text

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.shapes import gate_generation, gate_inversion
+from bench.shapes import GATE_METHODS, gate_generation, gate_inversion
 from data.shapes import ShapeObject, render
 from editing import EditSpec, edit
 from eval.claims import background_psnr
@@ -45,11 +45,21 @@ def test_null_text_inverts_rendered_photos_better_than_ddim_and_npi(shapes_pipe)
     """The gate's inversion rule on the gate's five photos: the mean, not one photo. On the shipped
     model negative-prompt inversion reaches the VAE's own ceiling on four of them (null-text is
     0.1 dB under it on two) and fails on the fifth (18 dB), so one photo cannot show the claim."""
-    report = gate_inversion(shapes_pipe, photos=5)
+    report = gate_inversion(shapes_pipe, photos=5, methods=GATE_METHODS)
     psnr = report["psnr_db"]
     assert psnr["null-text"] >= 30.0, report
     assert psnr["null-text"] > psnr["ddim"] and psnr["null-text"] > psnr["negative-prompt"], report
     assert report["min_psnr_db"]["null-text"] >= 30.0, report  # and no photo is lost
+
+
+def test_direct_inversion_reconstructs_a_rendered_photo_and_makes_a_colour_swap(shapes_pipe):
+    scene = render([ShapeObject("square", "red", "big", (0.45, 0.55))], "white")
+    source, target = scene.caption, scene.caption.replace("red", "blue")
+    inv = invert(shapes_pipe, scene.image, source, method="direct", progress=False)
+    result = edit(shapes_pipe, EditSpec([source, target]), inversion=inv)
+    assert psnr(result.images[0], scene.image) >= 33.0  # the source row is the photo's own latent, decoded
+    found = detect(result.images[1])
+    assert found.objects and (found.objects[0].shape, found.objects[0].colour) == ("square", "blue"), found
 
 
 def _wide_scene():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from data.numbers import check_number, limited
+from data.prompts import normalized_prompt
 from editing.align import word_matches
 from editing.proximal import PROX_MODES
 
@@ -101,7 +102,8 @@ class EditSpec:
                 "an edit needs at least two prompts: the source prompt (describing the photo) first, "
                 "then one or more target prompts"
             )
-        self.prompts = list(self.prompts)
+        self.prompts = [normalized_prompt(p, "the source prompt" if k == 0 else f"the target prompt {k}")
+                        for k, p in enumerate(self.prompts)]
         for k, prompt in enumerate(self.prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 which = "source prompt" if k == 0 else f"target prompt {k}"

@@ -16,17 +16,26 @@ def enlarged(image: Image.Image, minimum: int = 192) -> Image.Image:
 
 
 def captioned(image: Image.Image, caption: str, height: int = 18) -> Image.Image:
-    """``image`` with ``caption`` written on a white band under it."""
+    """``image`` with ``caption`` written on a white band under it, on one line, shortened with
+    "…" to fit. Any text draws: whitespace of every kind becomes one space, and characters the
+    font cannot encode are written as escapes."""
     out = Image.new("RGB", (image.width, image.height + height), "white")
     out.paste(image.convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
-    text = caption
-    while text and draw.textlength(text, font=font) > image.width - 4:
-        text = text[:-2] + "…" if len(text) > 2 else ""
-    width = draw.textlength(text, font=font)
-    draw.text(((image.width - width) / 2, image.height + 3), text, fill="black", font=font)
+    text = " ".join(str(caption).split())
+    try:
+        _draw_label(draw, font, text, image.width, image.height + 3)
+    except (UnicodeError, ValueError, OSError):  # a font without those glyphs (Pillow's bitmap font: Latin-1)
+        plain = text.encode("ascii", "backslashreplace").decode("ascii")
+        _draw_label(draw, font, plain, image.width, image.height + 3, ellipsis="...")
     return out
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, font, text: str, width: int, top: int, ellipsis: str = "…") -> None:
+    while text and draw.textlength(text, font=font) > width - 4:
+        text = text[:-len(ellipsis) - 1] + ellipsis if len(text) > len(ellipsis) + 1 else ""
+    draw.text(((width - draw.textlength(text, font=font)) / 2, top), text, fill="black", font=font)
 
 
 def grid(images: list[Image.Image], columns: int | None = None, pad: int = 4) -> Image.Image:

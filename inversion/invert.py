@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from data.images import Crop, SizeRequest, image_hash, load_image, load_photo, photo_geometry
 from data.manifest import INVERSION_METHODS
 from data.numbers import limited
+from data.prompts import normalized_prompt
 from inversion import fixed_point
 from inversion.ddim import ddim_inversion
 from inversion.direct import direct_offsets
@@ -222,6 +223,7 @@ def invert(
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
     prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+    prompts = [normalized_prompt(p, "the source prompt") for p in prompts]
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt, or one per image")
     for p in prompts:

@@ -147,35 +147,54 @@ def write_outputs(out, run: RealEdit, spec, parameters: dict, seconds: dict, rec
 
 def fill_outputs(staged, run: RealEdit, spec, parameters: dict, seconds: dict, reconstruction: bool = True,
                  extra: dict | None = None, original_size: bool = False) -> None:
-    """Write the pictures and run.json of one edit into an open ``StagedOutput`` (published when
-    its block ends without error). ``original_size`` also writes each edit resized (bicubic) to
-    ``run.original_size`` as edit_N_original.png."""
+    """Write the pictures and run.json of one edit into an open ``StagedOutput``, each file
+    published as soon as it is written: the input, reconstruction and edits first, then the grid
+    and the attention pictures, then run.json, which marks the folder complete. ``original_size``
+    also writes each edit resized (bicubic) to ``run.original_size`` as edit_N_original.png.
+
+    Raises:
+        PartialOutputError: a picture could not be made; the edits are on disk, the other pictures
+            too, run.json is not (the folder is incomplete), and the message names what failed.
+    """
     from PIL import Image
 
     from editing import attention_pictures
     from editing.visualize import captioned, enlarged, grid
+    from pipelines.outputs import PartialOutputError
 
     result = run.result
     out = staged.out
     started = time.perf_counter()
-    tiles, names = [], []
+    images = []
     if run.input_image is not None:
-        staged.save_image("input.png", run.input_image)
-        tiles.append(captioned(enlarged(run.input_image), "input"))
+        images.append(("input.png", run.input_image, "input"))
     first = "reconstruction.png" if reconstruction else "source.png"
-    staged.save_image(first, result.images[0])
-    tiles.append(captioned(enlarged(result.images[0]), ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
+    images.append((first, result.images[0], ("reconstruction: " if reconstruction else "") + spec.prompts[0]))
     for k, (image, prompt) in enumerate(zip(result.images[1:], spec.prompts[1:]), start=1):
-        staged.save_image(f"edit_{k}.png", image)
-        if original_size and run.original_size is not None:
-            staged.save_image(f"edit_{k}_original.png", image.resize(tuple(run.original_size), Image.Resampling.BICUBIC))
-        tiles.append(captioned(enlarged(image), prompt))
-    staged.save_image("grid.png", grid(tiles))
+        images.append((f"edit_{k}.png", image, prompt))
+    for name, image, _ in images:
+        staged.save_image(name, image)
+        if name.startswith("edit_") and original_size and run.original_size is not None:
+            staged.save_image(name.replace(".png", "_original.png"),
+                              image.resize(tuple(run.original_size), Image.Resampling.BICUBIC))
+
+    pictures = [("grid.png", lambda: grid([captioned(enlarged(image), label) for _, image, label in images]))]
     if result.attention is not None:
-        staged.save_image("attention_source.png", attention_pictures(result, 0))
-        for k in range(1, len(spec.prompts)):
-            staged.save_image(f"attention_edit_{k}.png", attention_pictures(result, k))
-    names = sorted(p.name for p in staged.staging.iterdir()) + ["run.json"]
+        pictures += [("attention_source.png", lambda: attention_pictures(result, 0))]
+        pictures += [(f"attention_edit_{k}.png", lambda k=k: attention_pictures(result, k))
+                     for k in range(1, len(spec.prompts))]
+    failed = []
+    for name, draw in pictures:
+        try:
+            staged.save_image(name, draw())
+        except Exception as exc:  # a picture of the edit must not cost the edit itself
+            log.debug("could not write %s", name, exc_info=True)
+            failed.append(f"{name} ({type(exc).__name__}: {exc})")
+    if failed:
+        kept = ", ".join(p.name for p in staged.published)
+        raise PartialOutputError(f"{out}: wrote {kept}, but could not make {'; '.join(failed)}; "
+                                 "the edits are complete, run.json was not written")
+    names = sorted(p.name for p in staged.published) + ["run.json"]
     record = {
         "parameters": parameters,
         "prompts": spec.prompts,

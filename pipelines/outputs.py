@@ -1,9 +1,11 @@
-"""Writing results so that a run that dies leaves nothing half-written where the user looks.
+"""Writing results so that a run that dies leaves nothing half-written and loses nothing finished.
 
-Files are written into a hidden staging folder beside the output folder and moved in only when
-the run succeeds (a folder rename when the output folder is new, else one atomic rename per file).
-The commands create the staging folder before they load a model, so an output folder that cannot
-be written is refused before the work, not after it.
+Each file is written into a hidden staging folder beside the output folder and moved into the
+output folder (one atomic rename) as soon as it is complete: an edit is on disk before its grid and
+attention pictures are drawn, and a file is never seen half-written. ``run.json`` is written last
+and marks a complete folder (``edit_dataset`` resumes on it). The commands create the staging
+folder before they load a model, so an output folder that cannot be written is refused before the
+work, not after it.
 """
 
 from __future__ import annotations
@@ -47,11 +49,18 @@ def check_writable(out: Path) -> None:
         raise _cannot(out, out, exc) from None
 
 
-class StagedOutput:
-    """A context manager collecting output files, published into ``out`` only on success.
+class PartialOutputError(OutputError):
+    """Some outputs were written, then one could not be made; the message names what was kept and
+    what failed."""
 
-    Use ``path(name)`` for a file to write, or ``save_image``/``save_json``; ``published`` lists
-    the final paths once the block has exited without error.
+
+class StagedOutput:
+    """A context manager that writes output files into ``out``, each published (renamed into
+    place) as soon as it is written.
+
+    Use ``path(name)`` + ``publish(name)`` for a file written by other code, or
+    ``save_image``/``save_json``; ``published`` lists the final paths written so far. ``out`` is
+    created with the first file; a block that fails keeps what it already published.
     """
 
     def __init__(self, out: str | Path):
@@ -72,29 +81,30 @@ class StagedOutput:
         return self
 
     def path(self, name: str) -> Path:
-        """Where to write the output called ``name`` (inside the staging folder)."""
+        """Where to write the output called ``name`` before ``publish(name)`` (in the staging folder)."""
         assert self.staging is not None, "use StagedOutput as a context manager"
         return self.staging / name
 
-    def save_image(self, name: str, image: Image.Image) -> None:
-        image.save(self.path(name), format="PNG")
+    def publish(self, name: str) -> Path:
+        """Move the finished file ``name`` from the staging folder into ``out``; returns its path."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        target = self.out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(self.path(name), target)
+        self.published.append(target)
+        return target
 
-    def save_json(self, name: str, data: dict) -> None:
+    def save_image(self, name: str, image: Image.Image) -> Path:
+        """Write ``image`` as the PNG ``name`` and publish it; returns its final path."""
+        image.save(self.path(name), format="PNG")
+        return self.publish(name)
+
+    def save_json(self, name: str, data: dict) -> Path:
+        """Write ``data`` as the JSON file ``name`` and publish it; returns its final path."""
         self.path(name).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        return self.publish(name)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.staging is not None
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return
-        names = sorted(p.name for p in self.staging.iterdir())
-        if not self.out.exists():
-            os.replace(self.staging, self.out)
-        else:
-            for name in names:
-                target = self.out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(self.staging / name, target)
-            self.staging.rmdir()
-        self.published = [self.out / name for name in names]
+        shutil.rmtree(self.staging, ignore_errors=True)

@@ -110,20 +110,27 @@ def test_unwritable_output_folder(tmp_path):
     assert "write" in proc.stderr or "file" in proc.stderr
 
 
-def test_crash_mid_run_leaves_nothing_in_out(tmp_path):
+def test_crash_mid_run_keeps_finished_files_and_no_partials(tmp_path):
     from pipelines.outputs import StagedOutput
 
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
+        with StagedOutput(out):
+            raise RuntimeError("died before any file")
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing made, nothing left
+    with pytest.raises(RuntimeError):
         with StagedOutput(out) as staged:
-            staged.save_json("run.json", {"a": 1})
+            staged.save_json("edit.json", {"a": 1})
+            assert (out / "edit.json").is_file()  # published as soon as it is written
+            staged.path("run.json").write_text('{"half": ')  # being written when the run dies
             raise RuntimeError("died")
-    assert not out.exists() and not list(tmp_path.iterdir())
-    out.mkdir()
+    assert sorted(p.name for p in out.iterdir()) == ["edit.json"]  # the finished file stays, the half one never shows
+    assert json.loads((out / "edit.json").read_text()) == {"a": 1}
+    assert not list(tmp_path.glob(".*partial*"))
     (out / "keep.txt").write_text("mine")
     with StagedOutput(out) as staged:
         staged.save_json("run.json", {"a": 1})
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["edit.json", "keep.txt", "run.json"]
     assert [p.name for p in staged.published] == ["run.json"]
 
 

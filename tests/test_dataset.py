@@ -96,7 +96,7 @@ def test_killed_run_resumes_without_redoing_or_partials(tmp_path):
     items = out / "items"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if items.is_dir() and len([p for p in items.iterdir() if not p.name.startswith(".")]) >= 2:
+        if items.is_dir() and len([p for p in items.iterdir() if (p / "run.json").is_file()]) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
@@ -107,17 +107,23 @@ def test_killed_run_resumes_without_redoing_or_partials(tmp_path):
             pass
     proc.wait()
     time.sleep(0.5)
-    first = {p.name: p.stat().st_mtime_ns for p in items.iterdir() if not p.name.startswith(".")}
+    # run.json marks a complete item; a folder without one holds only whole files (each published
+    # as soon as it was written) and is finished on resume
+    first = {p.name: (p / "run.json").stat().st_mtime_ns for p in items.iterdir() if (p / "run.json").is_file()}
     assert 2 <= len(first) < 10
-    for done in first:
-        assert (items / done / "run.json").is_file()  # a folder is there only when complete
+    for folder in items.iterdir():
+        for path in folder.iterdir():
+            assert not path.name.startswith("."), path  # no half-written file
+            if path.suffix == ".png":
+                with Image.open(path) as im:
+                    im.verify()
 
     again = subprocess.run([*args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode != 0  # the two bad jobs still fail
     results = _results(out)
     assert sorted(r["id"] for r in results) == sorted(f"job{i}" for i in range(10))
     for name, mtime in first.items():
-        assert (items / name).stat().st_mtime_ns == mtime  # finished before the kill: not redone
+        assert (items / name / "run.json").stat().st_mtime_ns == mtime  # finished before the kill: not redone
     assert not [p for p in items.iterdir() if p.name.startswith(".")]  # no partial folders
     assert f"({len(first)} were already done)" in again.stdout
 

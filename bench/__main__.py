@@ -26,7 +26,7 @@ import sys
 
 from bench.measure import print_rows, print_tables
 from bench.p2p import bench_p2p
-from models.loading import pick_device, pick_dtype
+from models.loading import DeviceError, pick_device, pick_dtype
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object {rows: [...]}")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)  # a device this torch cannot use is refused before any work
+    except DeviceError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     dtype = pick_dtype(device, args.dtype)
     if args.threads:
         import torch

@@ -30,10 +30,51 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names it and says how to get it."""
 
 
+class DeviceError(ModelLoadError):
+    """A device was asked for that this torch build or this machine cannot use."""
+
+
+def _available_devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if this torch can run on it; else DeviceError, one line
+    saying what is available and how to get a GPU build. Checked before any model is loaded."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {device!r} is not a device name: give cpu, cuda, cuda:N or mps") from None
+    available = ", ".join(_available_devices())
+    build = f"this torch ({torch.__version__})"
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU or driver"
+            raise DeviceError(f"--device {device}: {build} {why}; available here: {available}. For an NVIDIA GPU install "
+                              "a CUDA build of torch (https://pytorch.org/get-started/locally/), or leave --device out")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              f"available here: {available}")
+    elif chosen.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {device}: {build} cannot use Apple's MPS here (it needs an Apple-silicon Mac "
+                              f"with macOS 12.3+); available here: {available}")
+    elif chosen.type != "cpu":
+        backend = getattr(torch, chosen.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise DeviceError(f"--device {device}: {build} cannot use {chosen.type} here; available here: {available}")
+    return chosen
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one given, else cuda > mps > cpu."""
+    """The device to run on: the one given (checked by ``check_device``), else cuda > mps > cpu."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

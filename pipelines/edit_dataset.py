@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm.auto import tqdm
 
         from eval.report import atomic_write
-        from models.loading import load_pipeline
+        from models.loading import check_device, load_pipeline
 
+        if args.device is not None:
+            check_device(args.device)  # before accelerate starts and the model loads
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         rank, world = accelerator.process_index, accelerator.num_processes
         items = args.out / "items"

@@ -8,6 +8,12 @@ the folder's name; masks and edit types come from PIE-Bench's mapping file or a 
 (``{"id": ..., "edit_type": ..., "mask": [RLE pairs] | "mask.png"}``). Writes ``scores.csv``,
 ``summary.md`` and ``plot_*.png`` into REPORT_DIR; rows already in its scores.csv are kept and
 not scored again.
+
+A damaged result folder (run.json unreadable, not JSON, not an object or without its prompts; an
+image missing, truncated or unreadable, or an edit of another size than its input) is skipped with
+one line on stderr naming it and the reason; the others are scored, and summary.md lists what was
+skipped. Exit status: 0 when every result folder was scored, 1 when some were skipped and the
+others scored, 2 when nothing could be scored (or an option is wrong).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from eval.report import METRICS, NEEDS_MODEL
@@ -70,6 +77,18 @@ def method_of(run: dict) -> str:
 
 
 @dataclass
+class Skipped:
+    """A result folder that could not be scored, and why (one line)."""
+
+    folder: Path
+    reason: str
+
+
+class DamagedResult(Exception):
+    """A result folder cannot be scored; the message is the reason, naming the file."""
+
+
+@dataclass
 class Annotation:
     """What a mapping file or manifest says about an item: its edit type, its edit mask (1 =
     edited, or None), and the photo PIE-Bench stores for it (None for a manifest)."""
@@ -92,6 +111,11 @@ def load_masks(manifest: Path | None, pie_root: Path | None, compat: bool) -> di
     By default an empty mask list means no edit region (the whole image is background). With
     ``compat`` every mask, an empty one included, gets the one-pixel image border marked as
     edited, as PIE-Bench's evaluator does.
+
+    Raises:
+        ManifestError: a manifest line is not UTF-8, not a JSON object, lacks its id or has a
+            field of the wrong type (the message names the line).
+        UsageError: a line's mask cannot be decoded or read.
     """
     out: dict[str, Annotation] = {}
     if pie_root is not None:
@@ -101,13 +125,14 @@ def load_masks(manifest: Path | None, pie_root: Path | None, compat: bool) -> di
             mask = item.mask(border=True) if compat else (item.mask() if item.mask_rle else None)
             out[item.id] = Annotation(f"{item.edit_type} {EDIT_TYPES.get(item.edit_type, '')}".strip(), mask, item.image)
     if manifest is not None:
-        from data.pie_bench import decode_mask
+        from data.manifest import check_fields, manifest_lines
+        from data.pie_bench import ManifestError, decode_mask
 
-        for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for where, entry in manifest_lines(manifest):  # UTF-8, JSON objects; else one line naming the line
+            if "id" not in entry:
+                raise ManifestError(f"{where}: missing id (each line needs the id of a result folder)")
+            check_fields(entry, where)  # id, edit_type, mask (and any other field) of the right type
             try:
-                entry = json.loads(line)
                 mask = entry.get("mask")
                 if isinstance(mask, list):
                     mask = decode_mask(mask, border=compat)
@@ -115,39 +140,137 @@ def load_masks(manifest: Path | None, pie_root: Path | None, compat: bool) -> di
                     mask = (np.asarray(Image.open(manifest.parent / mask).convert("L")) > 127).astype(np.uint8)
                     mask = _with_border(mask) if compat else mask
                 out[str(entry["id"])] = Annotation(str(entry.get("edit_type", "all")), mask)
-            except (ValueError, KeyError, OSError) as exc:
-                raise UsageError(f"{manifest}:{number}: cannot use this line ({exc})") from None
+            except (ValueError, KeyError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise UsageError(f"{where}: cannot use this line ({exc})") from None
     return out
 
 
 def find_edits(results: Path, masks: dict[str, Annotation], compat: bool = False) -> list[Edit]:
-    """Every (result folder, target) pair under ``results``.
+    """Every (result folder, target) pair under ``results`` that can be scored (damaged folders are
+    left out: ``scan_results`` says which and why)."""
+    return scan_results(results, masks, compat)[0]
+
+
+def scan_results(results: Path, masks: dict[str, Annotation], compat: bool = False) -> tuple[list[Edit], list[Skipped]]:
+    """Every (result folder, target) pair under ``results``, and the folders that cannot be scored.
 
     The source photo is the folder's ``input.png`` (or ``source.png``); with ``compat`` and a
     PIE-Bench item it is PIE-Bench's stored photo, read as the evaluator reads it (no EXIF
-    rotation), which must exist and have the edit's size.
+    rotation), which must exist and have the edit's size. A folder whose run.json or images are
+    damaged is skipped whole, with the reason (see ``folder_edits``).
+
+    Raises:
+        UsageError: in compat mode, a stored PIE-Bench photo is missing or of another size.
     """
-    edits = []
+    edits: list[Edit] = []
+    skipped: list[Skipped] = []
     for run_file in sorted(results.rglob("run.json")):
-        folder = run_file.parent
         try:
-            run = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        source = folder / "input.png" if (folder / "input.png").is_file() else folder / "source.png"
-        note = masks.get(folder.name, Annotation("all", None))
-        if compat and note.photo is not None:
-            source = note.photo
-        for k, prompt in enumerate(run.get("prompts", [])[1:], start=1):
-            edited = folder / f"edit_{k}.png"
-            if not edited.is_file():
-                continue
-            if source == note.photo:
-                _check_stored_photo(source, edited)
-            elif not source.is_file():
-                continue
-            edits.append(Edit(folder.name, method_of(run), k, source, edited, prompt, note.edit_type, note.mask))
-    return edits
+            edits += folder_edits(run_file, masks, compat)
+        except DamagedResult as exc:
+            skipped.append(Skipped(run_file.parent, " ".join(str(exc).split())))
+    return edits, skipped
+
+
+_JSON_KINDS = {list: "a JSON list", str: "a JSON string", int: "a JSON number", float: "a JSON number",
+               bool: "a JSON true/false", type(None): "JSON null"}
+
+
+def read_run(run_file: Path) -> dict:
+    """A result's run.json as an object with its prompts (the source, then at least one target).
+
+    Raises:
+        DamagedResult: it cannot be read, is not JSON or not an object, or lacks usable prompts.
+    """
+    try:
+        text = run_file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DamagedResult(f"run.json cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DamagedResult(f"run.json is not UTF-8 text (byte {exc.start + 1} is 0x{exc.object[exc.start]:02x})") from None
+    if not text.strip():
+        raise DamagedResult("run.json is empty")
+    try:
+        run = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DamagedResult(f"run.json is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError):  # a number of over 4300 digits, nesting too deep
+        raise DamagedResult("run.json is not JSON that can be read") from None
+    if not isinstance(run, dict):
+        raise DamagedResult(f"run.json is {_JSON_KINDS.get(type(run), 'JSON')}, not an object")
+    prompts = run.get("prompts")
+    if prompts is None:
+        raise DamagedResult('run.json has no "prompts" (the source prompt, then the target prompts)')
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise DamagedResult('run.json\'s "prompts" is not a list of prompts (strings)')
+    if len(prompts) < 2:
+        raise DamagedResult('run.json\'s "prompts" has no target prompt, so there is no edit to score')
+    if not isinstance(run.get("parameters") or {}, dict):
+        raise DamagedResult('run.json\'s "parameters" is not an object')
+    return run
+
+
+def _picture_size(path: Path, name: str) -> tuple[int, int]:
+    """Decode the whole picture (a truncated file fails here, not while scoring); its size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as picture:
+                picture.load()
+                return picture.size
+    except Exception as exc:  # truncated or damaged data surfaces as OSError, SyntaxError, ValueError, ...
+        reason = str(exc) if not isinstance(exc, UnidentifiedImageError) else "not an image file Pillow can read"
+        raise DamagedResult(f"{name} cannot be decoded: {reason}") from None
+
+
+def folder_edits(run_file: Path, masks: dict[str, Annotation], compat: bool = False) -> list[Edit]:
+    """The edits of one result folder (the one holding ``run_file``), every picture decoded once.
+
+    Raises:
+        DamagedResult: run.json or a picture is damaged or missing, or an edit's size is not its
+            input's; the message names the file and the reason.
+        UsageError: in compat mode, the stored PIE-Bench photo is missing or of another size.
+    """
+    folder = run_file.parent
+    run = read_run(run_file)
+    method = method_of(run)
+    source = folder / "input.png" if (folder / "input.png").is_file() else folder / "source.png"
+    note = masks.get(folder.name, Annotation("all", None))
+    stored = compat and note.photo is not None
+    if stored:
+        source = note.photo
+    elif not source.is_file():
+        raise DamagedResult("no input.png (or source.png): the photo the edits are compared with is missing")
+    edited = [folder / f"edit_{k}.png" for k in range(1, len(run["prompts"]))]
+    if stored and not source.is_file():
+        _check_stored_photo(source, edited[0])  # refuses the run: compat mode needs every stored photo
+    for path in edited:
+        if not path.is_file():
+            raise DamagedResult(f"{path.name} is missing (run.json has {len(edited)} target prompts)")
+    source_size = _picture_size(source, str(source) if stored else source.name)
+    for path in edited:
+        size = _picture_size(path, path.name)
+        if stored:
+            _check_stored_photo(source, path)  # both decode; another size refuses the run, as documented
+        elif size != source_size:
+            raise DamagedResult(f"{path.name} is {size[0]}×{size[1]} pixels but {source.name} is "
+                                f"{source_size[0]}×{source_size[1]}: an edit must have its input's size")
+    return [Edit(folder.name, method, k, source, path, prompt, note.edit_type, note.mask)
+            for k, (path, prompt) in enumerate(zip(edited, run["prompts"][1:]), start=1)]
+
+
+def _folders(n: int) -> str:
+    return f"{n} result folder" + ("" if n == 1 else "s")
+
+
+def skipped_markdown(skipped: list[Skipped], total: int) -> str:
+    """summary.md's section on the result folders this run could not score ("" when none)."""
+    if not skipped:
+        return ""
+    lines = ["", "## Skipped result folders", "",
+             f"Skipped: {len(skipped)} of {_folders(total)} could not be scored and are not in the tables above:", ""]
+    lines += [f"- `{s.folder}`: {s.reason}" for s in skipped]
+    return "\n".join(lines) + "\n"
 
 
 def _check_stored_photo(photo: Path, edited: Path) -> None:
@@ -286,8 +409,16 @@ def main(argv: list[str] | None = None) -> int:
             pie_bench = Path(args.pie_bench).expanduser()
         out = check_folder_option(args.out, "--out")
         masks = load_masks(manifest, pie_bench, compat=args.pie_bench_compat)
-        edits = find_edits(results, masks, compat=args.pie_bench_compat)
+        edits, skipped = scan_results(results, masks, compat=args.pie_bench_compat)
+
+        def report_skipped() -> None:
+            for item in skipped:
+                sys.stderr.write(f"{PROG}: skipped {item.folder}: {item.reason}\n")
+
         if not edits:
+            if skipped:
+                report_skipped()
+                raise UsageError(f"{results}: nothing could be scored: skipped {_folders(len(skipped))} (above)")
             raise UsageError(f"{results}: no run.json with edit_K.png found; point at the --out folder of an edit run")
         check_writable(out)  # by making (and removing) a folder in it
         scores_path = out / "scores.csv"
@@ -301,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                 todo.append((edit, row, missing))
         quiet_libraries(args.quiet)
         load_models({m for _, _, missing in todo for m in missing}, chosen, args)
+        report_skipped()  # after the refusals above, which stay one line
         new = filled = 0
         for n, (edit, row, missing) in enumerate(tqdm(todo, desc="scoring", disable=args.quiet), start=1):
             values = score_edit(edit, args, missing)
@@ -314,13 +446,15 @@ def main(argv: list[str] | None = None) -> int:
             if n % 20 == 0:
                 report.write_scores(scores_path, rows)  # a killed run keeps what it scored
         report.write_scores(scores_path, rows)
-        report.atomic_write(out / "summary.md", report.summary_markdown(rows, args.pie_bench_compat))
+        report.atomic_write(out / "summary.md", report.summary_markdown(rows, args.pie_bench_compat)
+                            + skipped_markdown(skipped, len({e.edited.parent for e in edits}) + len(skipped)))
         pictures = report.plots(rows, out)
         lacking = report.unscored(rows)
         print(f"scored {new} new edits ({len(rows)} in all)" + (f", filled in metrics of {filled} earlier rows" if filled else "")
               + f"; report in {out}: scores.csv, summary.md, {len(pictures)} plots"
-              + (f"; not scored yet: {', '.join(lacking)} (rerun with --metrics {','.join(lacking)})" if lacking else ""))
-        return 0
+              + (f"; not scored yet: {', '.join(lacking)} (rerun with --metrics {','.join(lacking)})" if lacking else "")
+              + (f"; skipped {_folders(len(skipped))} (damaged, listed in summary.md)" if skipped else ""))
+        return 1 if skipped else 0
 
     return run_cli(PROG, go)
 

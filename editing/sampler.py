@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from editing.controllers import Controller
 from editing.processor import controlled_attention
 from editing.proximal import LatentGuard, Proximal, apply_guard, guard_keep, proximal_delta
+from models.codec import check_finite
 from models.conditioning import Conditioning
 from models.guidance import noise_pair
 
@@ -58,6 +59,10 @@ def denoise(
 
     Returns:
         (latents [B, 4, h, w], stats): stats counts UNet calls and explicit/fused attention calls.
+
+    Raises:
+        NonFiniteError: the latents became NaN or infinite at a step (checked once per step,
+            before ``on_step``; float16 overflow on real weights is the usual cause).
     """
     rows = cond.shape[0]
     dtype = pipe.unet.dtype
@@ -88,6 +93,7 @@ def denoise(
                 z = apply_guard(z, target, guard_keep(kept, tau, guard.radius), guard.rate)
             if controller is not None:
                 z = controller.on_step_end(z, i)
+            check_finite(z, "editing", i + 1, num_steps)
             if on_step is not None:
                 on_step(i + 1, num_steps)
         stats = {"unet_calls": num_steps, "explicit_attention_calls": hook.explicit_calls,

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from models.codec import check_finite
 from models.conditioning import Conditioning, unet_output
 
 
@@ -64,6 +65,9 @@ def ddim_inversion(
 
     Returns:
         The trajectory z_0 … z_T as [T+1, N, 4, h, w].
+
+    Raises:
+        NonFiniteError: a latent became NaN or infinite (float16 overflow).
     """
     scheduler = pipe.scheduler
     scheduler.set_timesteps(num_steps, device=pipe.device)
@@ -73,6 +77,7 @@ def ddim_inversion(
     for i, t in enumerate(tqdm(scheduler.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False)):
         out = unet_output(pipe.unet, z, t, cond)
         z = ddim_next(scheduler, predicted_noise(scheduler, out, t, z), t, z)
+        check_finite(z, "inversion", i + 1, num_steps, "DDIM")
         trajectory.append(z)
         if on_step is not None:
             on_step(i + 1, num_steps)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from models.codec import check_finite
 from models.conditioning import Conditioning
 from models.guidance import guided_noise
 
@@ -43,6 +44,9 @@ def direct_offsets(
     Returns:
         offsets [T, N, 4, h, w] in float32 (float64 if the model is): step i's offset is
         z*_{T−i−1} − step(ε_u + w(ε_c − ε_u), t_i, z*_{T−i}).
+
+    Raises:
+        NonFiniteError: a guided step or its offset became NaN or infinite (float16 overflow).
     """
     scheduler = pipe.scheduler
     scheduler.set_timesteps(num_steps, device=pipe.device)
@@ -54,7 +58,9 @@ def direct_offsets(
         noise = guided_noise(pipe, z, t, cond, null, guidance_scale)
         landed = scheduler.step(noise, t, z, eta=0.0).prev_sample
         target = trajectory[num_steps - i - 1].to(pipe.device)
-        offsets[i] = (target.to(work) - landed.to(work)).cpu()
+        offset = target.to(work) - landed.to(work)
+        check_finite(offset, "inversion", i + 1, num_steps, "direct offsets")
+        offsets[i] = offset.cpu()
         if on_step is not None:
             on_step(i + 1, num_steps)
     return offsets

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from inversion.ddim import ddim_next, predicted_noise
 from inversion.null_text import InversionError
+from models.codec import check_finite
 from models.conditioning import Conditioning, unet_output
 from models.frozen import with_frozen_weights
 
@@ -83,6 +84,10 @@ def fixed_point_inversion(
         (trajectory [T+1, N, 4, h, w] in the model's dtype, stats) where stats holds, per step
         and item, "residual" (the last loss computed, ‖z − next(ε̂(z))‖² mean) and "iterations"
         (AdamW steps taken).
+
+    Raises:
+        InversionError: a refinement loss became NaN or infinite. NonFiniteError: a step's latent
+            did (float16 overflow).
     """
     counts = counts if counts is not None else {}
     counts.setdefault("unet_forward", 0)
@@ -138,6 +143,7 @@ def fixed_point_inversion(
             if not active:
                 break
         z = torch.cat([p.detach() for p in params]).to(dtype)
+        check_finite(z, "inversion", i + 1, num_steps, "fixed-point")
         trajectory.append(z)
         bar.set_postfix(step=i, residual=f"{max(residual[i]):.2e}")
         bar.update()

@@ -24,6 +24,7 @@ from inversion.null_text import OPTIMIZE_POOLED, InversionError, null_text_optim
 from inversion.result import Inversion, cache_key, cache_path, load_cached
 from models.codec import (
     PromptError,
+    check_finite,
     check_prompt,
     decode_latents,
     encode_image,
@@ -78,6 +79,20 @@ def photo_time_ids(pipe, images: list[Image.Image]) -> torch.Tensor | None:
         original, crop = photo_geometry(image)
         ids.append(time_ids(original, crop, (image.height, image.width)))
     return torch.cat(ids)
+
+
+def _cached_shapes(pipe, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """The shapes, after the per-step axis, that a cached inversion of a photo of working ``size``
+    (W, H) must have on ``pipe``: a file that does not fit is recomputed."""
+    wide, high = size
+    scale = int(pipe.vae_scale_factor)
+    shapes = {"trajectory": (1, int(pipe.vae.config.latent_channels), high // scale, wide // scale)}
+    width = pipe.unet.config.cross_attention_dim
+    if isinstance(width, int):
+        shapes["null_embeddings"] = (1, int(pipe.tokenizer.model_max_length), width)
+    if is_xl(pipe):
+        shapes["null_pooled"] = (1, int(pipe.text_encoder_2.config.projection_dim))
+    return shapes
 
 
 def _stage(on_step, stage: str):
@@ -191,7 +206,8 @@ def invert(
             with an anchor, DCI's paper).
         fixed_point_anchor: DCI's λ, the pull of the predicted noise toward the photo's latent
             (0, the default: SPDInv; DCI's paper uses 2).
-        cache_dir: a folder in which results are stored and looked up (invert once, edit many).
+        cache_dir: a folder in which results are stored and looked up (invert once, edit many);
+            a file that is unreadable, non-finite or of the wrong shape is recomputed and replaced.
         crop: offsets (left, right, top, bottom) cut off the photo first, or "center" (none).
         size: the working size: "auto" (the photo's own aspect ratio at the model's native area,
             nothing cropped), a side N (the reference's centre-cropped square) or (W, H) (the
@@ -209,6 +225,8 @@ def invert(
         ImageInputError: a photo cannot be read. PromptError: a prompt is empty or too long.
         SizeError: the working size is not a multiple of what the model divides by.
         InversionError: the optimization diverged.
+        NonFiniteError: a latent became NaN or infinite (the stage and step named; float16
+            overflow: run in float32).
     """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}: use one of {', '.join(METHODS)}")
@@ -249,7 +267,7 @@ def invert(
                      else {**params, "size": list(im.size), "time_ids": photo_time_ids(pipe, [im]).tolist()}, weights)
                 for im, p in zip(images, prompts)]
         for k, key in enumerate(keys):
-            results[k] = load_cached(cache_dir, key)
+            results[k] = load_cached(cache_dir, key, _cached_shapes(pipe, images[k].size))
             if results[k] is not None:
                 results[k].stats["cache_hit"] = True
                 log.info("inversion cache hit: %s", cache_path(cache_dir, key))
@@ -287,6 +305,7 @@ def reconstruct_latent(pipe, inv: Inversion, progress: bool = False) -> torch.Te
         z = scheduler.step(noise, t, z, eta=0.0).prev_sample
         if inv.offsets is not None:
             z = z + inv.offsets[i].to(z.device, z.dtype)
+        check_finite(z, "reconstruction", i + 1, inv.num_steps)
     return z
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from inversion.ddim import ddim_prev, predicted_noise
+from models.codec import check_finite
 from models.conditioning import Conditioning, as_conditioning, unet_output
 from models.frozen import with_frozen_weights
 
@@ -77,6 +78,7 @@ def null_text_optimization(
 
     Raises:
         InversionError: the loss became NaN or infinite (typically fp16 overflow).
+        NonFiniteError: the guided latent became NaN or infinite.
     """
     counts = counts if counts is not None else {}
     counts.setdefault("unet_forward", 0)
@@ -154,6 +156,7 @@ def null_text_optimization(
             emb = torch.cat(embeddings).to(dtype)
             eps_uncond = unet_eps(z, t, null_rows(emb, torch.arange(n, device=z.device)))
             z = ddim_prev(scheduler, eps_uncond + guidance_scale * (eps_cond - eps_uncond), t, z)
+        check_finite(z, "inversion", i + 1, num_steps, "null-text")
         results[i] = torch.cat(embeddings).cpu()
         if xl:
             pooled = [q.detach() for q in pooled_params]

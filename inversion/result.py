@@ -118,7 +118,11 @@ class Inversion:
         """Read a file written by ``save``.
 
         Raises:
-            InversionCacheError: the file is missing, truncated, or not an inversion.
+            InversionCacheError: the file is missing, truncated, or not an inversion; or its
+                tensors disagree with its metadata (lengths other than T+1 latents and T null
+                embeddings / pooled / offsets, latents other than [T+1, N, C, h, w] at the working
+                size ``stats["size"]`` records, null embeddings other than [T, N, tokens, d],
+                offsets other than the latents' shape); or a tensor holds NaN or infinite values.
         """
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -133,6 +137,12 @@ class Inversion:
         if (trajectory.shape[0] != steps + 1 or (nulls is not None and nulls.shape[0] != steps)
                 or any(x is not None and x.shape[0] != steps for x in (pooled, offsets))):
             raise InversionCacheError(f"{path}: tensor shapes do not match {steps} steps")
+        tensors = dict(zip(("trajectory", *_OPTIONAL), (trajectory, nulls, pooled, ids, offsets)))
+        stats = meta.get("stats")
+        size = stats.get("size") if isinstance(stats, dict) else None
+        problem = _shape_problem(tensors, size) or _nonfinite(tensors)
+        if problem:
+            raise InversionCacheError(f"{path}: {problem}")
         return cls(
             trajectory=trajectory,
             null_embeddings=nulls,
@@ -149,6 +159,44 @@ class Inversion:
         )
 
 
+def _shape_problem(tensors: dict, size) -> str | None:
+    """What is wrong with the shapes of a record's tensors (those present), or None.
+
+    ``size``: the working size [W, H] in pixels recorded in the stats, if any: the latent's h × w
+    must divide it by one common factor."""
+    trajectory = tensors["trajectory"]
+    if trajectory.ndim != 5 or not trajectory.is_floating_point():
+        return f"the trajectory is {list(trajectory.shape)} {trajectory.dtype}, not [T+1, N, C, h, w] floats"
+    n, *latent = trajectory.shape[1:]
+    if size is not None:
+        try:
+            w, h = (int(v) for v in size)
+        except (TypeError, ValueError):
+            return f"its recorded size {size!r} is not [W, H]"
+        lh, lw = latent[1:]
+        if not lw or not lh or w % lw or h % lh or w // lw != h // lh:
+            return f"latents of {lw}×{lh} do not match the recorded size {w}×{h}"
+    expected = {
+        "null_embeddings": (4, lambda s: s[1] == n),
+        "null_pooled": (3, lambda s: s[1] == n),
+        "time_ids": (2, lambda s: s[1] == 6),
+        "offsets": (5, lambda s: list(s[1:]) == [n, *latent]),
+    }
+    for name, (ndim, fits) in expected.items():
+        x = tensors[name]
+        if x is not None and (x.ndim != ndim or not x.is_floating_point() or not fits(x.shape)):
+            return f"its {name} tensor {list(x.shape)} {x.dtype} does not fit latents of {list(trajectory.shape)}"
+    return None
+
+
+def _nonfinite(tensors: dict) -> str | None:
+    """Which tensor holds NaN or infinite values, or None (one ``isfinite`` pass each)."""
+    for name, x in tensors.items():
+        if x is not None and not bool(torch.isfinite(x).all()):
+            return f"its {name} tensor holds NaN or infinite values"
+    return None
+
+
 def cache_key(**parts) -> str:
     """A SHA-256 key over every part that changes an inversion's result (image hash, prompt,
     model, scheduler config, method and parameters, dtype, format version)."""
@@ -161,13 +209,23 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"inversion-{key[:32]}.safetensors"
 
 
-def load_cached(cache_dir: str | Path, key: str) -> Inversion | None:
-    """The cached inversion for ``key``, or None when absent or unreadable (with a warning)."""
+def load_cached(cache_dir: str | Path, key: str, shapes: dict[str, tuple[int, ...]] | None = None) -> Inversion | None:
+    """The cached inversion for ``key``, or None when absent, unreadable, non-finite or of the
+    wrong shape (``Inversion.load``'s checks, and ``shapes``: for a tensor's name, the shape the
+    caller's model and working size imply after its first, per-step axis, e.g. the trajectory's
+    (1, C, h, w)), each with one warning naming the file and the reason. The caller recomputes
+    it, and its fresh save replaces the file."""
     path = cache_path(cache_dir, key)
     if not path.exists():
         return None
     try:
-        return Inversion.load(path)
+        inv = Inversion.load(path)
+        for name, shape in (shapes or {}).items():
+            x = getattr(inv, name)
+            if x is not None and tuple(x.shape[1:]) != tuple(shape):
+                raise InversionCacheError(f"{path}: its {name} tensor is {list(x.shape)}, not [{x.shape[0]}, "
+                                          f"{', '.join(map(str, shape))}] as this model and size need")
     except InversionCacheError as exc:
         log.warning("ignoring a damaged inversion cache file, recomputing: %s", exc)
         return None
+    return inv

@@ -19,6 +19,29 @@ class PromptError(ValueError):
     """A prompt cannot be used as given; the message says how to fix it."""
 
 
+class NonFiniteError(RuntimeError):
+    """A latent or a decoded image became NaN or infinite (on real weights, almost always float16
+    overflow); the message names the stage and the step and says to run again in float32."""
+
+
+def check_finite(x: torch.Tensor, stage: str, step: int | None = None, total: int | None = None,
+                 detail: str | None = None, what: str = "the latent") -> None:
+    """Raise NonFiniteError unless every value of ``x`` is finite.
+
+    One ``torch.isfinite(x).all()`` (a device sync on a GPU); ``x`` itself is left untouched.
+    The message reads "``what`` became NaN at ``stage`` step ``step`` of ``total`` (``detail``)",
+    or "during ``stage``" without a step.
+    """
+    if bool(torch.isfinite(x).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+    where = f"during {stage}" if step is None else f"at {stage} step {step} of {total}"
+    if detail:
+        where += f" ({detail})"
+    raise NonFiniteError(f"{what} became {kind} {where}; this usually means float16 overflowed: "
+                         "run again with --dtype fp32")
+
+
 def check_prompt(tokenizer, prompt: str, what: str = "prompt") -> None:
     """Raise PromptError if ``prompt`` is empty or longer than the text encoder's 77 tokens.
 
@@ -135,12 +158,20 @@ def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     array = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1)
     pixels = array.permute(2, 0, 1)[None].to(pipe.device, pipe.vae.dtype)
     latent = pipe.vae.encode(pixels).latent_dist.mean
+    check_finite(latent, "encoding", what="the photo's latent")
     return latent * pipe.vae.config.scaling_factor
 
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    """Images from latents [B, 4, h, w]: ``latent/scale`` → decoder → ``(x/2 + 0.5).clamp(0, 1)``."""
-    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
-    images = (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    """Images from latents [B, 4, h, w]: ``latent/scale`` → decoder → ``(x/2 + 0.5).clamp(0, 1)``.
+
+    Raises:
+        NonFiniteError: a latent or the decoded image holds NaN or infinite values (it would be
+            written as a black image otherwise).
+    """
+    check_finite(latents, "decoding")
+    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample.float()
+    check_finite(images, "decoding", what="the decoded image")
+    images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.rint(im * 255).astype(np.uint8)) for im in images]

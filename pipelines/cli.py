@@ -339,7 +339,8 @@ def versions() -> dict[str, str]:
 _USER_ERRORS = (
     ("data.images", "ImageInputError"), ("data.images", "SizeError"), ("data.numbers", "NumberError"), ("data.pie_bench", "ManifestError"),
     ("editing.spec", "EditSpecError"), ("eval.lpips", "MetricModelError"), ("inversion", "InversionError"),
-    ("inversion", "InversionCacheError"), ("models.codec", "PromptError"), ("models.loading", "ModelLoadError"),
+    ("inversion", "InversionCacheError"), ("models.codec", "PromptError"), ("models.codec", "NonFiniteError"),
+    ("models.loading", "ModelLoadError"),
     ("pipelines.outputs", "OutputError"),
 )
 

@@ -283,3 +283,78 @@ def test_bad_options_are_refused_before_the_model_loads(tmp_path):
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr.strip().splitlines()[-1], (args, done.stderr)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_prompts_of_any_whitespace_are_edited_as_one_line_each(client):
+    grid, edits, *_, files, status = edit(client, source="a red\ncircle on a white\tbackground",
+                                          targets="a blue\tcircle on a white\u00a0background\r\n")
+    assert [e["caption"] for e in edits] == [TARGET]
+    run = json.loads(Path(next(f for f in files if f.endswith("run.json"))).read_text())
+    assert run["prompts"] == [SOURCE, TARGET]
+    assert Path(grid).is_file()
+
+
+def test_six_requests_from_three_threads_each_get_their_own_result(server):
+    """Three clients at once, two edits each, each asking for another colour: every request is
+    answered, with its own prompts, in its own folder."""
+    need("gradio_client")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    colours = ["blue", "green", "yellow", "black", "gray", "white"]
+
+    def two_edits(k: int):
+        client = Client(server.url, verbose=False)
+        answers = []
+        for colour in colours[2 * k:2 * k + 2]:
+            target = f"a {colour} circle on a white background"
+            *_, files, status = edit(client, targets=target, steps=3, seed=k)
+            answers.append((target, files, status))
+        return answers
+
+    with ThreadPoolExecutor(3) as pool:
+        results = [a for answers in pool.map(two_edits, range(3)) for a in answers]
+    assert len(results) == 6
+    folders = set()
+    for target, files, status in results:
+        run = json.loads(Path(next(f for f in files if f.endswith("run.json"))).read_text())
+        assert run["prompts"] == [SOURCE, target], (target, run["prompts"])
+        folders.add(Path(files[0]).parent)
+    assert len(folders) == 6
+
+
+def test_a_device_this_torch_cannot_use_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run([sys.executable, "-m", "pipelines.app", "--model", "tiny", "--device", "cuda:1",
+                           "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and "cuda:1" in lines[-1] and "available here: cpu" in lines[-1]
+
+
+def test_a_nan_cache_entry_is_recomputed_not_served(client, server):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = "a red circle on a plain white background"
+    first = edit(client, source=source, steps=4)
+    assert first[-1].startswith("Inverted")
+    damaged = 0
+    for path in (server.out / "inversions").glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        if json.loads(meta["inversion"])["prompt"] != source:
+            continue
+        tensors = load_file(str(path))
+        tensors = {k: v.float().fill_(float("nan")).to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, str(path), metadata=meta)
+        damaged += 1
+    assert damaged == 1
+    grid, edits, reconstruction, *_, status = edit(client, source=source, steps=4)
+    assert status.startswith("Inverted")  # recomputed, not served from the damaged file
+    assert picture(reconstruction).std() > 1.0 and picture(edits[0]["image"]).max() > 0  # not a black image

@@ -38,7 +38,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data.shapes import BACKGROUNDS, COLOURS, SHAPES, random_scene
+from bench.shapes import photo_scenes
+from data.shapes import BACKGROUNDS, COLOURS, SHAPES
 from editing import EditSpec, edit
 from editing.align import word_token_indices
 from editing.controllers import PromptToPromptController, reweight_edit
@@ -322,7 +323,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     swaps; for null-text also with the local blend and (``with_plain``) without control."""
     from inversion import invert
 
-    scenes = [random_scene(seed, max_objects=1) for seed in list(PHOTO_SEEDS)[:count]]
+    scenes = photo_scenes(pipe, count)
     inversions, seconds = {}, {}
     for method in methods:
         started = time.perf_counter()
@@ -387,7 +388,7 @@ def run_guidance_table(pipe, count: int, steps: int = 50, inner_steps: int = 10)
     from bench.shapes import INVERSIONS
     from inversion import invert
 
-    scenes = [random_scene(seed, max_objects=1) for seed in list(PHOTO_SEEDS)[:count]]
+    scenes = photo_scenes(pipe, count)
     cases = []
     for i, scene in enumerate(scenes):
         obj = scene.objects[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,6 +96,22 @@ INVERSIONS = (("ddim", {"method": "ddim"}), ("negative-prompt", {"method": "nega
 GATE_METHODS = ("ddim", "negative-prompt", "null-text")
 
 
+def model_world_of(pipe) -> int:
+    """The shapes world version ``pipe`` was trained on (its folder's ``training.json``; 1 for a
+    model that is not a folder, or was trained before world 2)."""
+    from models.shapes_training import model_world
+
+    folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+    return model_world(folder) if folder.is_dir() else 1
+
+
+def photo_scenes(pipe, count: int) -> list:
+    """The first ``count`` rendered single-object photos (``PHOTO_SEEDS``), drawn in the world the
+    model was trained on, so that a world-2 model is judged on world-2 photos."""
+    world = model_world_of(pipe)
+    return [random_scene(seed, max_objects=1, world=world) for seed in list(PHOTO_SEEDS)[:count]]
+
+
 def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10, guidance: float = 7.5,
                    methods: tuple[str, ...] = tuple(label for label, _ in INVERSIONS)) -> dict:
     """Reconstruction PSNR (dB) of rendered single-object scenes per inversion (labels of
@@ -103,7 +120,7 @@ def gate_inversion(pipe, photos: int = 5, steps: int = 50, inner_steps: int = 10
     from inversion import invert, reconstruct
     from models.codec import decode_latents, encode_image
 
-    scenes = [random_scene(seed, max_objects=1) for seed in list(PHOTO_SEEDS)[:photos]]
+    scenes = photo_scenes(pipe, photos)
     images = [scene.image for scene in scenes]
     per_method: dict[str, list[float]] = {"vae": [psnr(image, decode_latents(pipe, encode_image(pipe, image))[0])
                                                   for image in images]}

@@ -335,3 +335,16 @@ def test_train_shapes_refuses_a_file_as_out(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["--out", str(tmp_path / "f")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_the_benchmarks_photos_are_drawn_in_the_models_world(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.shapes import PHOTO_SEEDS, photo_scenes
+
+    (tmp_path / "training.json").write_text(json.dumps({"world": 2}))
+    for folder, world in ((str(tmp_path), 2), (str(tmp_path / "not-a-folder"), 1)):
+        scenes = photo_scenes(SimpleNamespace(name_or_path=folder), 3)
+        expected = [random_scene(seed, max_objects=1, world=world) for seed in list(PHOTO_SEEDS)[:3]]
+        assert [np.asarray(s.image).tolist() for s in scenes] == [np.asarray(s.image).tolist() for s in expected]
+    assert any(s.objects[0].r is not None for s in photo_scenes(SimpleNamespace(name_or_path=str(tmp_path)), 3))

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from data.prompts import normalize_prompt
+
 
 def enlarged(image: Image.Image, minimum: int = 192) -> Image.Image:
     """``image`` scaled up by a whole factor (nearest pixels) until its longer side is at least
@@ -23,7 +25,7 @@ def captioned(image: Image.Image, caption: str, height: int = 18) -> Image.Image
     out.paste(image.convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
-    text = " ".join(str(caption).split())
+    text = normalize_prompt(str(caption))
     try:
         _draw_label(draw, font, text, image.width, image.height + 3)
     except (UnicodeError, ValueError, OSError):  # a font without those glyphs (Pillow's bitmap font: Latin-1)

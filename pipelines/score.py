@@ -145,12 +145,6 @@ def load_masks(manifest: Path | None, pie_root: Path | None, compat: bool) -> di
     return out
 
 
-def find_edits(results: Path, masks: dict[str, Annotation], compat: bool = False) -> list[Edit]:
-    """Every (result folder, target) pair under ``results`` that can be scored (damaged folders are
-    left out: ``scan_results`` says which and why)."""
-    return scan_results(results, masks, compat)[0]
-
-
 def scan_results(results: Path, masks: dict[str, Annotation], compat: bool = False) -> tuple[list[Edit], list[Skipped]]:
     """Every (result folder, target) pair under ``results``, and the folders that cannot be scored.
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
-from pipelines.cli import OneLineParser, UsageError, quiet_libraries, run_cli
+from pipelines.cli import OneLineParser, UsageError, check_device_option, quiet_libraries, run_cli
 
 PROG = "python -m pipelines.app"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         # every option is checked before torch is imported (default_model imports it)
         if args.model is not None and not args.model.strip():
             raise UsageError("--model is empty: give a hub id, a local diffusers folder, 'shapes' or 'tiny'")
-        if args.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", args.device):
-            raise UsageError(f"--device {args.device!r}: give cpu, cuda, cuda:N or mps (or leave it out)")
+        check_device_option(args.device)
         if not args.out.strip():
             raise UsageError("--out is empty: give a folder")
         out = Path(args.out).expanduser().resolve()

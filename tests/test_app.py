@@ -277,7 +277,8 @@ def test_edit_in_a_real_browser(server, tmp_path):
 
 
 def test_bad_options_are_refused_before_the_model_loads(tmp_path):
-    for args, words in ((["--port", "0"], "--port 0"), (["--out", str(ROOT / "README.md")], "is a file")):
+    for args, words in ((["--port", "0"], "--port 0"), (["--out", str(ROOT / "README.md")], "is a file"),
+                        (["--device", "gpu"], "--device 'gpu'")):
         done = subprocess.run([sys.executable, "-m", "pipelines.app", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 2, (args, done.stderr)

@@ -127,6 +127,8 @@ class TrainConfig:
     world: int = 1
     # speed: bfloat16 autocast of the forward passes (the losses stay float32)
     bf16: bool = False
+    # the VAE phase in float32 even when bf16 is on: the VAE is every reconstruction's ceiling
+    vae_fp32: bool = False
     # speed: render the latent scenes once (pixels for the VAE phase, captions, region and token
     # labels for the grounding terms) instead of per step; the VAE then trains on those scenes
     precompute: bool = False
@@ -154,7 +156,7 @@ class TrainConfig:
                              ("locality_max_t", 1000), ("world", 1), ("bf16", False), ("precompute", False),
                              ("compile", False), ("unet_channels", [64, 128]), ("snr_gamma", 0.0),
                              ("grounding_from", 0), ("locality_from", 0), ("lr_low_from", None),
-                             ("lr_low", 1e-4)):
+                             ("lr_low", 1e-4), ("vae_fp32", False)):
             if fields[name] == before:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -171,6 +173,7 @@ RECIPE = TrainConfig(
     text_layers=0,
     world=2,
     bf16=True,
+    vae_fp32=True,
     precompute=True,
     snr_gamma=5.0,
     grounding_weight=0.1,
@@ -482,7 +485,7 @@ def train(
             # the decoder learns from the posterior mean, the latent inversion starts from: sampling
             # (as SD's VAE training does) held reconstructions near 22 dB for the first 160 steps
             pixels = pixels[rows]
-            with _autocast(config.bf16):
+            with _autocast(config.bf16 and not config.vae_fp32):
                 posterior = vae.encode(pixels).latent_dist
                 recon = vae.decode(posterior.mean).sample
             mse = F.mse_loss(recon.float(), pixels)

@@ -227,7 +227,7 @@ def test_training_resumes_with_the_same_loss_curve(tmp_path):
 
 # the recipe's schedule at a test's size: the grounding terms join at step 2, the locality term
 # and the low learning rate at step 3
-SCHEDULED = dict(SMALL, unet_steps=4, batch_size=4, world=2, text_layers=0, bf16=True, precompute=True, snr_gamma=5.0,
+SCHEDULED = dict(SMALL, unet_steps=4, batch_size=4, world=2, text_layers=0, bf16=True, vae_fp32=True, precompute=True, snr_gamma=5.0,
                  grounding_weight=0.1, pixel_weight=0.03, grounding_from=2, locality_weight=0.3, locality_max_t=500,
                  locality_from=3, lr_low_from=3)
 
@@ -253,6 +253,23 @@ def test_the_recipe_schedule_trains_its_terms_in_one_run_and_resumes_exactly(tmp
     assert pipe.text_encoder.config.num_hidden_layers == 0
     (tmp_path / "split" / "training.json").write_text(json.dumps({"world": last["world"]}))
     assert model_world(tmp_path / "split") == 2 and model_world(tmp_path / "nowhere") == 1
+
+
+def test_the_vae_phase_runs_in_float32_when_asked_even_under_bf16(tmp_path):
+    """The recipe keeps bf16 for the UNet but trains the VAE in float32 (vae_fp32): its VAE losses
+    are the float32 run's exactly and not the bf16 run's, and the setting has its own checkpoint."""
+    from models.shapes_training import RECIPE, TrainConfig, train
+
+    def vae_losses(name: str, **fields) -> list[float]:
+        config = TrainConfig(**dict(SMALL, batch_size=4, world=2, precompute=True, **fields))
+        run = train(tmp_path / name, config, checkpoint_dir=tmp_path / f"ck-{name}", resume=False, stop_after=3)
+        return run["losses"]["vae"]
+
+    fp32 = vae_losses("fp32")
+    assert vae_losses("kept", bf16=True, vae_fp32=True) == fp32
+    assert vae_losses("bf16", bf16=True) != fp32
+    assert RECIPE.bf16 and RECIPE.vae_fp32
+    assert TrainConfig(vae_fp32=True).key() != TrainConfig().key()
 
 
 def test_two_processes_train_the_one_process_run(tmp_path):

@@ -47,6 +47,7 @@ def gate_generation(pipe, seeds=range(100), batch: int = 10, steps: int = 50) ->
     reported beside, the background and the size), over single-object captions; plus two-object
     captions (both objects found anywhere)."""
     seeds = list(seeds)
+    world = model_world_of(pipe)  # the size word is read with the bands of the model's own world
     hits = {"shape_and_colour": 0, "background": 0, "size": 0}
     failures = []
     for start in range(0, len(seeds), batch):
@@ -54,7 +55,7 @@ def gate_generation(pipe, seeds=range(100), batch: int = 10, steps: int = 50) ->
         captions = [gate_caption(s) for s in chunk]
         images = generate(pipe, [c[0] for c in captions], chunk, steps)
         for seed, (prompt, size, colour, shape, background), image in zip(chunk, captions, images):
-            found = detect(image)
+            found = detect(image, world)
             # the named object must be the largest thing in the picture, not one blob among many
             main = found.objects[0] if found.objects else None
             ok = main is not None and (main.shape, main.colour) == (shape, colour)
@@ -73,7 +74,7 @@ def gate_generation(pipe, seeds=range(100), batch: int = 10, steps: int = 50) ->
         chunk = two[start:start + batch]
         images = generate(pipe, [c[0] for c in chunk], [c[3] for c in chunk], steps)
         for (_, a, b, _), image in zip(chunk, images):
-            found = detect(image)
+            found = detect(image, world)
             two_hits += found.has(shape=a[3], colour=a[2]) and found.has(shape=b[3], colour=b[2])
     n = len(seeds)
     return {

@@ -313,7 +313,14 @@ def shapes_pipe():
 def generated(shapes_pipe):
     from bench.claims import model_blend, run_generated
 
-    return run_generated(shapes_pipe, 3, model_blend(shapes_pipe), parts="bd")
+    return run_generated(shapes_pipe, 3, model_blend(shapes_pipe), parts="bcd")
+
+
+@pytest.fixture(scope="module")
+def reweighted(shapes_pipe):
+    from bench.claims import run_reweight
+
+    return run_reweight(shapes_pipe, 2)
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +344,32 @@ def test_b_word_swaps_keep_the_layout_and_make_the_change(generated, photos):
 
     assert not _failures(summarize_swaps([r["p2p"] for r in generated["records"]])), "generated"
     assert not _failures(summarize_swaps([r["null-text"] for r in photos["records"]])), "rendered photo"
+
+
+@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (world 1, 2026-12-06): on this "
+                   "test's first 3 cases the object is made big in place (centroid 1.65 px) but keeps 65 % of its "
+                   "pixels (85 % needed); the world-2 recipe run passes (c) on the bench's 12 cases and was not "
+                   "shipped (docs/benchmarks.md, #31). Strict: remove the mark when a shipped model passes.")
+def test_c_refinement_makes_the_object_big_in_place(generated):
+    """(c) "a red circle …" → "a big red circle …": the size (and background) words take effect, the
+    object grows about its own centre and keeps the source object's pixels."""
+    from bench.claims import summarize_refine
+
+    refine = summarize_refine([r["refine"] for r in generated["records"]])
+    assert refine["changed"] >= THRESHOLDS["detector"], refine
+    assert refine["centroid_px_median"] <= THRESHOLDS["centroid_px"], refine
+    assert refine["kept_inside"] >= THRESHOLDS["kept_inside"], refine
+
+
+@pytest.mark.xfail(strict=True, reason="measured short on the shipped shapes model (world 1, 2026-12-06): world 1 has "
+                   "one big size, so the object's area is flat above x0.5 (973.5, 972.0, 971.5, 969.5 px); the "
+                   "world-2 recipe run is monotonic (485 to 826 px) and was not shipped (docs/benchmarks.md, #31). "
+                   "Strict: remove the mark when a shipped model passes.")
+def test_e_the_big_fader_grows_the_object_at_every_step(reweighted):
+    """(e) "big" scaled over ×{−1, 0, 0.5, 1, 1.5, 2}: the object's mean area never shrinks as the
+    scale rises, and moves by more than a token amount."""
+    assert reweighted["cases"] == 2, reweighted
+    assert reweighted["monotonic"]["area"] and reweighted["moves"]["area"], reweighted["mean"]
 
 
 def test_d_local_blend_keeps_the_background(generated):

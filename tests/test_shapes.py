@@ -365,3 +365,29 @@ def test_the_benchmarks_photos_are_drawn_in_the_models_world(tmp_path):
         expected = [random_scene(seed, max_objects=1, world=world) for seed in list(PHOTO_SEEDS)[:3]]
         assert [np.asarray(s.image).tolist() for s in scenes] == [np.asarray(s.image).tolist() for s in expected]
     assert any(s.objects[0].r is not None for s in photo_scenes(SimpleNamespace(name_or_path=str(tmp_path)), 3))
+
+
+def test_the_gate_reads_size_words_in_the_models_world(tmp_path, monkeypatch):
+    """A "small" object drawn at radius 0.17 is small to world 1 (nearer 0.14 than 0.25) but medium
+    to world 2: the gate's size count follows the model's own world, its shape count does not."""
+    from types import SimpleNamespace
+
+    import bench.shapes as gate
+
+    def fake_generate(pipe, prompts, seeds, steps=50, guidance=7.5):
+        drawn = []
+        for prompt in prompts:
+            words = prompt.split()
+            shape = next(w for w in words if w in SHAPES)
+            colour = next(w for w in words if w in COLOURS)
+            obj = ShapeObject(shape, colour, "small", (0.5, 0.5), r=0.17)
+            drawn.append(render([obj], words[-2]).image)
+        return drawn
+
+    monkeypatch.setattr(gate, "generate", fake_generate)
+    (tmp_path / "training.json").write_text(json.dumps({"world": 2}))
+    small = [s for s in range(72) if gate.gate_caption(s)[1] == "small"][:4]
+    reports = {world: gate.gate_generation(SimpleNamespace(name_or_path=folder), seeds=small, batch=4)
+               for world, folder in ((2, str(tmp_path)), (1, str(tmp_path / "not-a-folder")))}
+    assert reports[1]["shape_and_colour"] == reports[2]["shape_and_colour"] == 1.0
+    assert reports[1]["size_too"] == 1.0 and reports[2]["size_too"] == 0.0

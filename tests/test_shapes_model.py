@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.shapes import GATE_METHODS, gate_generation, gate_inversion
-from data.shapes import ShapeObject, render
+from bench.shapes import GATE_METHODS, gate_generation, gate_inversion, model_world_of
+from data.shapes import SIZE_BANDS, SIZES, ShapeObject, render
 from editing import EditSpec, edit
 from eval.claims import background_psnr
 from eval.metrics import psnr
@@ -53,7 +53,9 @@ def test_null_text_inverts_rendered_photos_better_than_ddim_and_npi(shapes_pipe)
 
 
 def test_direct_inversion_reconstructs_a_rendered_photo_and_makes_a_colour_swap(shapes_pipe):
-    scene = render([ShapeObject("square", "red", "big", (0.45, 0.55))], "white")
+    # a big square as the model's own world draws one (world 2: the middle of its big band)
+    radius = SIZES["big"] if model_world_of(shapes_pipe) == 1 else sum(SIZE_BANDS["big"]) / 2
+    scene = render([ShapeObject("square", "red", "big", (0.45, 0.55), r=radius)], "white")
     source, target = scene.caption, scene.caption.replace("red", "blue")
     inv = invert(shapes_pipe, scene.image, source, method="direct", progress=False)
     result = edit(shapes_pipe, EditSpec([source, target]), inversion=inv)

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-weight", default=None,
                         help="weight of the pixel grounding loss: each word's map even over its object "
                              "(default: the recipe's, 0.03)")
+    parser.add_argument("--grounding-from", default=None,
+                        help="UNet step at which the grounding and pixel terms join; plain denoising before it "
+                             "(default: the recipe's, 1500)")
     parser.add_argument("--locality-weight", default=None,
                         help="weight of the self-attention locality loss: each pixel attends within its object "
                              "or the background (default: the recipe's, 0.3)")
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.unet_lr is not None:
             overrides["unet_lr"] = parse_number(args.unet_lr, "--unet-lr", low=1e-8, high=1.0,
                                                 hint="a learning rate such as 1e-4", error=UsageError)
+        if args.grounding_from is not None:
+            overrides["grounding_from"] = _count(args.grounding_from, "--grounding-from", low=0)
         if args.locality_max_t is not None:
             overrides["locality_max_t"] = parse_number(args.locality_max_t, "--locality-max-t", low=1, high=1000,
                                                        integer=True, hint="a timestep", error=UsageError)

@@ -303,6 +303,7 @@ def test_two_processes_train_the_one_process_run(tmp_path):
     (["--pixel-weight", "-0.1"], "--pixel-weight"),
     (["--locality-weight", "much"], "--locality-weight"),
     (["--locality-max-t", "1001"], "--locality-max-t"),
+    (["--grounding-from", "-5"], "--grounding-from"),
     (["--unet-lr", "0"], "--unet-lr"),
     (["--unet-lr", "fast"], "--unet-lr"),
     (["--init-from", "/nonexistent/shapes"], "--init-from"),
@@ -335,6 +336,9 @@ def test_train_shapes_passes_its_options_to_the_run(tmp_path, monkeypatch, capsy
     assert main(argv) == 0
     config = seen["config"]
     assert (config.unet_lr, config.locality_max_t, config.unet_steps) == (1e-4, 400, 7)
+    assert main(["--out", str(tmp_path / "g"), "--grounding-from", "3000", "--quiet"]) == 0
+    assert seen["config"].grounding_from == 3000
+    assert seen["config"].key() != shapes_training.RECIPE.key()
     assert config.key() != shapes_training.TrainConfig(locality_max_t=400).key()  # its own checkpoint folder
     assert json.loads((tmp_path / "m" / "training.json").read_text())["config"]["unet_lr"] == 1e-4
     # everything else is the recipe's, on two processes of one thread each

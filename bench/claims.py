@@ -444,9 +444,18 @@ def _median(values) -> float:
     return round(float(statistics.median(values)), 2) if values else math.nan
 
 
+def _standard_error(values) -> float:
+    """The standard error of the mean of ``values`` (sample standard deviation / √n): how far the
+    mean over this many cases moves from one draw of cases, or one trained model, to the next.
+    NaN for fewer than two values."""
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return round(float(statistics.stdev(values) / math.sqrt(len(values))), 3) if len(values) > 1 else math.nan
+
+
 def summarize_swaps(judged: list[dict[str, dict]]) -> dict:
-    """Per swap kind over cases: detector rate, mean IoU, median and ≤ 3 px rate of the centroid
-    distance, mean background PSNR; and whether the kind meets (b)'s thresholds."""
+    """Per swap kind over cases: detector rate, mean IoU and its standard error over the cases,
+    median and ≤ 3 px rate of the centroid distance, mean background PSNR; and whether the kind
+    meets (b)'s thresholds (on the mean: the standard error says how near a verdict is to chance)."""
     out = {}
     for kind in SWAPS:
         rows = [j[kind] for j in judged if kind in j]
@@ -456,6 +465,7 @@ def summarize_swaps(judged: list[dict[str, dict]]) -> dict:
             "cases": len(rows),
             "changed": _mean([float(r["changed"]) for r in rows]),
             "iou": _mean([r["iou"] for r in rows]),
+            "iou_se": _standard_error([r["iou"] for r in rows]),
             "centroid_px_median": _median([r["centroid_px"] for r in rows]),
             "centroid_within_3px": _mean([float(r["centroid_px"] <= THRESHOLDS["centroid_px"]) for r in rows]),
             "background_db": _mean([r["background_db"] for r in rows]),
@@ -668,8 +678,8 @@ def print_claims(report: dict) -> str:
             for kind, s in block[name].items():
                 if kind not in SWAPS:
                     continue
-                lines.append(f"  {name:5s} {kind:10s} changed {s['changed']:.0%}  IoU {s['iou']:.2f}  centroid median "
-                             f"{s['centroid_px_median']} px (≤3 px: {s['centroid_within_3px']:.0%})  background "
+                lines.append(f"  {name:5s} {kind:10s} changed {s['changed']:.0%}  IoU {s['iou']:.2f} "
+                             f"± {s.get('iou_se', math.nan):.2f}  centroid median {s['centroid_px_median']} px (≤3 px: {s['centroid_within_3px']:.0%})  background "
                              f"{s['background_db']} dB" + (f"  [{_pf(s['passed'])}]" if name == "p2p" else ""))
 
     if "b_generated" in c:

@@ -208,10 +208,27 @@ def test_summary_applies_the_thresholds():
     assert summary["colour"]["changed"] == 0.9 and summary["colour"]["passed"]
     assert summary["shape"]["centroid_px_median"] == 2.0 and summary["shape"]["passed"]
     assert summary["background"]["iou"] == pytest.approx(0.86) and summary["background"]["passed"]
+    # nine cases at 0.9 and one at 0.5: sample standard deviation √0.016, over √10 cases
+    assert summary["background"]["iou_se"] == pytest.approx(0.04, abs=1e-3)
+    assert summary["colour"]["iou_se"] == 0.0
     assert math.isnan(summary["background"]["background_db"])
     rows.append({"colour": dict(good, changed=False), "shape": dict(shape_ok, iou=0.1), "background": good})
     summary = summarize_swaps(rows)
     assert not summary["colour"]["passed"] and not summary["shape"]["passed"]
+
+
+def test_the_printed_claims_show_each_swap_iou_with_its_standard_error():
+    from bench.claims import print_claims, summarize
+
+    good = {"changed": True, "iou": 0.9, "centroid_px": 1.0, "background_db": 35.0}
+    records = [{"p2p": {"colour": good, "shape": dict(good, iou=iou), "background": dict(good, background_db=float("nan"))},
+                "attention_iou": 0.6, "attention_side": 16} for iou in (0.6, 0.7, 0.8)]
+    claims = summarize({"records": records}, None, None, (16, 0.3))
+    report = {"model": "m", "blend": {"map_side": 16, "threshold": 0.3, "from_model": True}, "claims": claims,
+              "seconds": {}, "passed": False}
+    shape_line = next(line for line in print_claims(report).splitlines() if "p2p   shape" in line)
+    # three cases at 0.6, 0.7, 0.8: standard deviation 0.1, standard error 0.1 / √3
+    assert "IoU 0.70 ± 0.06" in shape_line
 
 
 def test_swaps_from_an_inversion_are_reported_beside_b_without_a_verdict():

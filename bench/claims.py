@@ -435,8 +435,12 @@ def print_guidance_table(rows: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- summaries
+def _finite(values) -> list:
+    return [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+
+
 def _mean(values) -> float:
-    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    values = _finite(values)
     return round(float(statistics.mean(values)), 3) if values else math.nan
 
 
@@ -446,9 +450,9 @@ def _median(values) -> float:
 
 def _standard_error(values) -> float:
     """The standard error of the mean of ``values`` (sample standard deviation / √n): how far the
-    mean over this many cases moves from one draw of cases, or one trained model, to the next.
-    NaN for fewer than two values."""
-    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    mean over this many cases moves from one draw of cases to the next on the same model (not
+    between trained models). NaN for fewer than two values."""
+    values = _finite(values)
     return round(float(statistics.stdev(values) / math.sqrt(len(values))), 3) if len(values) > 1 else math.nan
 
 
@@ -678,9 +682,9 @@ def print_claims(report: dict) -> str:
             for kind, s in block[name].items():
                 if kind not in SWAPS:
                     continue
-                lines.append(f"  {name:5s} {kind:10s} changed {s['changed']:.0%}  IoU {s['iou']:.2f} "
-                             f"± {s.get('iou_se', math.nan):.2f}  centroid median {s['centroid_px_median']} px (≤3 px: {s['centroid_within_3px']:.0%})  background "
-                             f"{s['background_db']} dB" + (f"  [{_pf(s['passed'])}]" if name == "p2p" else ""))
+                lines.append(f"  {name:5s} {kind:10s} changed {s['changed']:.0%}  IoU {s['iou']:.2f} ± {s['iou_se']:.2f}  "
+                             f"centroid median {s['centroid_px_median']} px (≤3 px: {s['centroid_within_3px']:.0%})  "
+                             f"background {s['background_db']} dB" + (f"  [{_pf(s['passed'])}]" if name == "p2p" else ""))
 
     if "b_generated" in c:
         swaps(f"(b) word swaps, generated ({c['b_generated']['p2p']['colour']['cases']} cases; detector ≥ "

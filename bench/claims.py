@@ -30,7 +30,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench.shapes import photo_scenes
+from bench.shapes import model_world_of, photo_scenes
 from data.shapes import BACKGROUNDS, COLOURS, SHAPES
 from editing import EditSpec, edit
 from editing.align import word_token_indices
@@ -160,6 +160,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
     ``parts``: "b" also edits without control, "c" refines, "d" blends, "i" inverts the source and
     swaps from the inversion ((g) comes with every case)."""
     records, skipped = [], []
+    world = model_world_of(pipe)
     bar = tqdm(total=count, desc="claims: generated cases", file=sys.stderr)
     for seed in GENERATED_SEEDS:
         if len(records) >= count:
@@ -171,7 +172,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
         p2p = edit(pipe, EditSpec([case.prompt, *targets.values()], mode="replace"), latents=latent,
                    num_steps=steps, return_attention=True)
         found = detect(p2p.images[0])
-        source = Source.from_detection(p2p.images[0], found)
+        source = Source.from_detection(p2p.images[0], found, world)
         if source is None or (source.shape, source.colour, source.background) != (case.shape, case.colour, case.background):
             skipped.append(seed)
             bar.set_postfix(skipped=len(skipped))
@@ -198,7 +199,7 @@ def run_generated(pipe, count: int, blend: tuple[int | None, float], steps: int 
                                           blend_resolution=blend[0], blend_threshold=blend[1]),
                            latents=latent, num_steps=steps)
             # blend rows are measured against their own source row (the same image, same noise)
-            record["blend"] = {k: judge_swap(k, case.targets[k], Source(blended.images[0], source.mask, *_words(source)),
+            record["blend"] = {k: judge_swap(k, case.targets[k], replace(source, image=blended.images[0]),
                                              blended.images[1 + i]) for i, k in enumerate(("colour", "shape"))}
         records.append(record)
         bar.update(1)
@@ -244,10 +245,6 @@ def swap_from_inversion(pipe, prompt: str, prompts: dict[str, str], words: dict[
     judged: dict = {k: judge_swap(k, words[k], source, result.images[1 + j]) for j, k in enumerate(prompts)}
     judged["reconstruction_db"] = psnr(np.asarray(source.image), np.asarray(result.images[0]))
     return judged, result.images
-
-
-def _words(source: Source) -> tuple[str, str, str]:
-    return source.shape, source.colour, source.background
 
 
 # ---------------------------------------------------------------- (e) reweighting
@@ -324,6 +321,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     from inversion import invert
 
     scenes = photo_scenes(pipe, count)
+    world = model_world_of(pipe)
     inversions, seconds = {}, {}
     for method in methods:
         started = time.perf_counter()
@@ -334,7 +332,7 @@ def run_photos(pipe, count: int, blend: tuple[int | None, float], steps: int = 5
     records = []
     for i, scene in enumerate(tqdm(scenes, desc="claims: photo edits", file=sys.stderr)):
         obj = scene.objects[0]
-        source = Source(scene.image, scene.masks[0], obj.shape, obj.colour, scene.background)
+        source = Source.from_scene(scene, world)
         targets = pick_targets(np.random.default_rng(PHOTO_SEEDS[i]), obj.colour, obj.shape, scene.background)
         prompts = swap_prompts(scene.caption, {"colour": obj.colour, "shape": obj.shape,
                                                "background": scene.background}, targets)
@@ -389,13 +387,14 @@ def run_guidance_table(pipe, count: int, steps: int = 50, inner_steps: int = 10)
     from inversion import invert
 
     scenes = photo_scenes(pipe, count)
+    world = model_world_of(pipe)
     cases = []
     for i, scene in enumerate(scenes):
         obj = scene.objects[0]
         targets = pick_targets(np.random.default_rng(PHOTO_SEEDS[i]), obj.colour, obj.shape, scene.background)
         prompts = swap_prompts(scene.caption, {"colour": obj.colour, "shape": obj.shape,
                                                "background": scene.background}, targets)
-        cases.append((Source(scene.image, scene.masks[0], obj.shape, obj.colour, scene.background), targets, prompts))
+        cases.append((Source.from_scene(scene, world), targets, prompts))
     rows = []
     for label, options in tqdm(INVERSIONS, desc="claims: inversions × guidance", file=sys.stderr):
         started = time.perf_counter()
@@ -624,13 +623,14 @@ def bench_blend_sweep(model: str = "shapes", seeds: int = 8, steps: int = 50, si
     from models.loading import load_pipeline
 
     pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
+    world = model_world_of(pipe)
     cases = []
     for seed in GENERATED_SEEDS:
         if len(cases) >= seeds:
             break
         case = make_case(seed)
         image = edit(pipe, uncontrolled([case.prompt, case.prompt]), latents=noise(pipe, seed), num_steps=steps).images[0]
-        source = Source.from_detection(image, detect(image))
+        source = Source.from_detection(image, detect(image), world)
         if source is not None and (source.shape, source.colour, source.background) == (case.shape, case.colour, case.background):
             cases.append((case, source))
     if sides is None:
@@ -649,7 +649,7 @@ def bench_blend_sweep(model: str = "shapes", seeds: int = 8, steps: int = 50, si
                                                           [case.colour, case.targets["shape"]]],
                                              blend_resolution=side, blend_threshold=threshold),
                               latents=noise(pipe, case.seed), num_steps=steps)
-                src = Source(result.images[0], source.mask, *_words(source))
+                src = replace(source, image=result.images[0])
                 judged += [judge_swap(k, case.targets[k], src, result.images[1 + i]) for i, k in enumerate(("colour", "shape"))]
                 bar.update(1)
             rows.append({"map_side": side, "threshold": threshold,

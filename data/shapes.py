@@ -14,7 +14,9 @@ two sizes (small, big) and is the default, drawn exactly as it always was; versi
 object's size from a continuous range in three bands (small and big, named in captions; medium,
 never named) and places every object so that, grown to the largest big size about its own centre,
 it stays inside the frame and off the other object (``fits_grown``). Every caption of version 1
-is a caption of version 2.
+is a caption of version 2. Version 2 also draws every shape about its centre of mass: its triangle
+spans its bounding square's width but only the upper three quarters of its height, so that its
+centroid, like a circle's or a square's, is the object's centre (``TRIANGLE_BASE``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ GROWN_RADIUS = SIZE_BANDS["big"][1]
 # The largest radius two objects can share the frame with under the room rule: 1 − 2·(grown + edge) − grown − gap.
 PAIR_RADIUS = 1 - 2 * (GROWN_RADIUS + EDGE_MARGIN_V2) - GROWN_RADIUS - GAP_V2
 WORLDS = (1, 2)
+# Where an upright triangle's base lies below its centre, in radii: world 1 on the bounding square's
+# edge (its centroid a third of a radius below the centre), world 2 half a radius below, which puts
+# the centroid on the centre. Prompt-to-Prompt keeps an object's mass where it was (the attention
+# maps hold it), so a shape swap to or from a world-1 triangle lands r/3 off its bounding square.
+TRIANGLE_BASE = {1: 1.0, 2: 0.5}
 
 
 @dataclass(frozen=True)
@@ -101,43 +108,61 @@ def caption_for(objects: list[ShapeObject], background: str, with_size: bool = T
     return f"{phrases} on a {background} background"
 
 
-def _outline(shape: str, center: tuple[float, float], radius: float, side: float) -> tuple[str, list[tuple[float, float]]]:
+def _outline(shape: str, center: tuple[float, float], radius: float, side: float,
+             world: int = 1) -> tuple[str, list[tuple[float, float]]]:
     cx, cy, r = center[0] * side, center[1] * side, radius * side
     if shape == "circle":
         return "ellipse", [(cx - r, cy - r), (cx + r, cy + r)]
     if shape == "square":
         return "rectangle", [(cx - r, cy - r), (cx + r, cy + r)]
-    if shape == "triangle":  # upright, its base and apex on the bounding square
-        return "polygon", [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "triangle":  # upright, its apex and base corners on the bounding square
+        base = cy + TRIANGLE_BASE[world] * r
+        return "polygon", [(cx, cy - r), (cx + r, base), (cx - r, base)]
     raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
 
 
-def shape_coverage(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE) -> np.ndarray:
+def square_fraction(shape: str, world: int = 1) -> float:
+    """The fraction of its bounding square (side 2 × radius) a shape covers in ``world``: circle
+    π/4, square 1, triangle 1/2 (world 1) or 3/8 (world 2, its base half a radius below the centre)."""
+    _check_world(world)
+    fractions = {"circle": math.pi / 4, "square": 1.0, "triangle": (1 + TRIANGLE_BASE[world]) / 4}
+    if shape not in fractions:
+        raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+    return fractions[shape]
+
+
+def shape_coverage(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE,
+                   world: int = 1) -> np.ndarray:
     """The fraction of each pixel a shape covers, float [size, size] in [0, 1] (4× supersampled).
 
     ``center`` (x, y) and ``radius`` (half the bounding square's side) are fractions of the image
     side, any values (not only the world's two sizes): the benchmarks draw the shape an edit should
-    have made at the place and size of the object it started from."""
+    have made at the place and size of the object it started from. ``world`` picks the triangle's
+    geometry (``TRIANGLE_BASE``)."""
+    _check_world(world)
     big = size * SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
-    kind, points = _outline(shape, center, radius, big)
+    kind, points = _outline(shape, center, radius, big, world)
     getattr(ImageDraw.Draw(canvas), kind)(points, fill=255)
     return np.asarray(canvas, dtype=np.float32).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean((1, 3)) / 255
 
 
-def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE) -> np.ndarray:
+def shape_mask(shape: str, center: tuple[float, float], radius: float, size: int = IMAGE_SIZE,
+               world: int = 1) -> np.ndarray:
     """The pixels a shape covers at least half, bool [size, size]: the renderer's mask of a lone
     object (see ``shape_coverage`` for the arguments)."""
-    return shape_coverage(shape, center, radius, size) >= 0.5
+    return shape_coverage(shape, center, radius, size, world) >= 0.5
 
 
-def coverage(obj: ShapeObject, size: int = IMAGE_SIZE) -> np.ndarray:
+def coverage(obj: ShapeObject, size: int = IMAGE_SIZE, world: int = 1) -> np.ndarray:
     """The fraction of each pixel the object covers, float [size, size] in [0, 1] (4× supersampled)."""
-    return shape_coverage(obj.shape, obj.center, obj.radius, size)
+    return shape_coverage(obj.shape, obj.center, obj.radius, size, world)
 
 
-def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, with_size: bool = True) -> Scene:
-    """Draw objects (later ones on top) on the background; anti-aliased by area coverage.
+def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, with_size: bool = True,
+           world: int = 1) -> Scene:
+    """Draw objects (later ones on top) on the background, with ``world``'s geometry; anti-aliased
+    by area coverage.
 
     Returns the Scene with its caption and one mask per object (pixels covered ≥ half, minus what
     later objects hide)."""
@@ -149,7 +174,7 @@ def render(objects: list[ShapeObject], background: str, size: int = IMAGE_SIZE, 
     for obj in objects:
         if obj.colour not in COLOURS:
             raise ValueError(f"unknown colour {obj.colour!r}: use one of {', '.join(COLOURS)}")
-        cover = coverage(obj, size)
+        cover = coverage(obj, size, world)
         pixels = pixels * (1 - cover[..., None]) + np.asarray(COLOURS[obj.colour], np.float32) * cover[..., None]
         covers.append(cover)
     masks = []
@@ -249,7 +274,7 @@ def random_scene(seed: int, max_objects: int = 2, size: int = IMAGE_SIZE, p_two:
                 if second is not None:
                     objects.append(second)
                     break
-        return render(objects, background, size, with_size=bool(rng.random() < p_size_word))
+        return render(objects, background, size, with_size=bool(rng.random() < p_size_word), world=2)
     while len(objects) < count:
         obj_size = str(rng.choice(list(SIZES)))
         center = _place(rng, obj_size, objects)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.shapes import fits, shape_mask
+from data.shapes import Scene, fits, shape_mask
 from eval.metrics import psnr
 from eval.shapes import Detection, DetectedObject, detect, iou, mask_centroid
 
@@ -59,22 +59,28 @@ def kept_inside(source: np.ndarray, edited: np.ndarray) -> float:
     return float(np.logical_and(source, edited).sum() / total) if total else 0.0
 
 
-def object_box(mask: np.ndarray) -> tuple[tuple[float, float], float]:
-    """The bounding square of a bool mask [H, W] as the renderer describes an object: centre (x, y)
-    and radius (half the larger side of the bounding box), fractions of the image width."""
+def object_box(mask: np.ndarray, world: int = 1) -> tuple[tuple[float, float], float]:
+    """The bounding square of a bool mask [H, W] as the renderer of ``world`` describes an object:
+    centre (x, y) and radius (half the larger side of the bounding box), fractions of the image
+    width. World 1 centres every shape in its bounding box; world 2 on its centre of mass (its
+    triangle is shorter than it is wide, ``data.shapes.TRIANGLE_BASE``), so there the centre is the
+    mask's centroid."""
     ys, xs = np.nonzero(mask)
     if xs.size == 0:
         raise ValueError("the mask is empty: there is no object to take a box from")
     side = mask.shape[1]
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    return ((x0 + x1) / 2 / side, (y0 + y1) / 2 / side), max(x1 - x0, y1 - y0) / 2 / side
+    radius = max(x1 - x0, y1 - y0) / 2 / side
+    if world == 2:
+        return ((xs.mean() + 0.5) / side, (ys.mean() + 0.5) / side), radius
+    return ((x0 + x1) / 2 / side, (y0 + y1) / 2 / side), radius
 
 
-def target_shape_mask(shape: str, source_mask: np.ndarray) -> np.ndarray:
-    """The renderer's mask [H, W] of ``shape`` drawn in the bounding square of ``source_mask``: what
-    a shape swap should make of the source object."""
-    center, radius = object_box(source_mask)
-    return shape_mask(shape, center, radius, source_mask.shape[1])
+def target_shape_mask(shape: str, source_mask: np.ndarray, world: int = 1) -> np.ndarray:
+    """The renderer's mask [H, W] of ``shape`` drawn in the bounding square of ``source_mask``
+    (both as ``world`` draws them): what a shape swap should make of the source object."""
+    center, radius = object_box(source_mask, world)
+    return shape_mask(shape, center, radius, source_mask.shape[1], world)
 
 
 def background_mask(object_masks: list[np.ndarray], margin: float = BACKGROUND_MARGIN_PX) -> np.ndarray:
@@ -124,22 +130,29 @@ def is_monotonic(values: list[float], increasing: bool = True) -> bool:
 # ---------------------------------------------------------------- judging one edit
 @dataclass
 class Source:
-    """What an edit started from: its image, the object's mask [H, W] and, for the words, what
-    the source prompt says (shape, colour, background)."""
+    """What an edit started from: its image, the object's mask [H, W], what the source prompt says
+    (shape, colour, background) and the shapes world whose geometry the edit is judged by."""
 
     image: Image.Image
     mask: np.ndarray
     shape: str
     colour: str
     background: str
+    world: int = 1
 
     @classmethod
-    def from_detection(cls, image: Image.Image, found: Detection) -> "Source | None":
+    def from_detection(cls, image: Image.Image, found: Detection, world: int = 1) -> "Source | None":
         """A generated source as the detector sees it (its largest object), or None if it found none."""
         if not found.objects:
             return None
         main = found.objects[0]
-        return cls(image, main.mask, main.shape, main.colour, found.background)
+        return cls(image, main.mask, main.shape, main.colour, found.background, world)
+
+    @classmethod
+    def from_scene(cls, scene: Scene, world: int = 1) -> "Source":
+        """A rendered photo's first object as the source, with the renderer's own mask and words."""
+        obj = scene.objects[0]
+        return cls(scene.image, scene.masks[0], obj.shape, obj.colour, scene.background, world)
 
 
 def main_object(found: Detection) -> DetectedObject | None:
@@ -168,7 +181,7 @@ def judge_swap(kind: str, target: str, source: Source, edited: Image.Image,
         changed = found.background == target
     else:
         raise ValueError(f"unknown swap kind {kind!r}: use colour, shape or background")
-    expected = target_shape_mask(target, source.mask) if kind == "shape" else source.mask
+    expected = target_shape_mask(target, source.mask, source.world) if kind == "shape" else source.mask
     masks = [source.mask] + [o.mask for o in found.objects]
     background_db = (math.nan if kind == "background"
                      else background_psnr(reference if reference is not None else source.image, edited, masks))
@@ -191,11 +204,11 @@ def judge_refine(source: Source, edited: Image.Image, added_size: str, backgroun
     edit_mask = obj.mask if obj is not None else np.zeros_like(source.mask)
     size_changed = obj is not None and obj.size == added_size
     background_changed = found.background == background
-    center, _ = object_box(source.mask)
+    center, _ = object_box(source.mask, source.world)
     return {"changed": bool(size_changed and background_changed), "size_changed": bool(size_changed),
             "background_changed": bool(background_changed),
             "centroid_px": centroid_distance(source.mask, edit_mask), "kept_inside": kept_inside(source.mask, edit_mask),
-            "size_px": int(edit_mask.sum()), "fits_in_place": fits(added_size, center)}
+            "size_px": int(edit_mask.sum()), "fits_in_place": fits(added_size, center, source.world)}
 
 
 def judge_attention(word_map: torch.Tensor | np.ndarray, object_mask: np.ndarray) -> float:

@@ -13,13 +13,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.shapes import BACKGROUNDS, COLOURS, SIZES, WORLDS, size_band
+from data.shapes import BACKGROUNDS, COLOURS, SIZES, WORLDS, size_band, square_fraction
 
 # A pixel belongs to an object when its colour is this far (Euclidean, 0–255 RGB) from the
 # background's; components smaller than MIN_AREA pixels are noise.
 FOREGROUND_DISTANCE = 60.0
 MIN_AREA = 12
-# Fill ratio (area ÷ bounding-box area) of an upright triangle 0.5, circle π/4, square 1.
+# Fill ratio (area ÷ bounding-box area) of an upright triangle 0.5 (in both worlds: world 2's is
+# shorter, its box too), circle π/4, square 1.
 TRIANGLE_BELOW, SQUARE_ABOVE = 0.64, 0.89
 
 
@@ -77,13 +78,10 @@ def classify_shape(mask: np.ndarray) -> str:
     return "square" if fill > SQUARE_ABOVE else "circle"
 
 
-FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
-
-
-def object_radius(area: float, shape: str, side: int) -> float:
+def object_radius(area: float, shape: str, side: int, world: int = 1) -> float:
     """The radius (half the bounding square's side, a fraction of the image side) of a ``shape``
-    whose area is ``area`` pixels in an image ``side`` pixels wide."""
-    return float(np.sqrt(area / FILL[shape]) / (2 * side))
+    of ``world`` whose area is ``area`` pixels in an image ``side`` pixels wide."""
+    return float(np.sqrt(area / square_fraction(shape, world)) / (2 * side))
 
 
 def size_word(area: float, shape: str, side: int, world: int = 1) -> str:
@@ -93,8 +91,8 @@ def size_word(area: float, shape: str, side: int, world: int = 1) -> str:
     if world not in WORLDS:
         raise ValueError(f"unknown world version {world!r}")
     if world == 2:
-        return size_band(object_radius(area, shape, side))
-    expected = {name: FILL[shape] * (2 * r * side) ** 2 for name, r in SIZES.items()}
+        return size_band(object_radius(area, shape, side, world))
+    expected = {name: square_fraction(shape) * (2 * r * side) ** 2 for name, r in SIZES.items()}
     return min(expected, key=lambda name: abs(np.log(area / expected[name])))
 
 

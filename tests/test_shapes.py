@@ -26,8 +26,10 @@ from data.shapes import (
     fits_grown,
     random_scene,
     render,
+    shape_coverage,
     shape_mask,
     single_object_captions,
+    square_fraction,
 )
 from eval.shapes import detect, iou, size_word
 
@@ -189,11 +191,35 @@ def test_the_detector_is_right_on_world_2_scenes(world2):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("center", [(0.5, 0.5), (0.37, 0.58)])
+def test_world_2_draws_every_shape_about_its_centre_of_mass(shape, center):
+    """World 2's mask centroid is the object's centre for every shape (its triangle's base half a
+    radius below the centre); world 1's triangle keeps its base on the bounding square, its centroid
+    a third of a radius low, and its old pixels."""
+    radius = 0.2
+    ys, xs = np.nonzero(render([ShapeObject(shape, "red", "big", center, r=radius)], "white", world=2).masks[0])
+    assert abs((xs.mean() + 0.5) / 64 - center[0]) < 0.5 / 64 and abs((ys.mean() + 0.5) / 64 - center[1]) < 0.5 / 64
+    assert (xs.max() + 1 - xs.min()) / 128 == pytest.approx(radius, abs=1 / 64)  # as wide as its square
+    old = render([ShapeObject(shape, "red", "big", center, r=radius)], "white").masks[0]
+    if shape == "triangle":
+        drop = ((np.nonzero(old)[0].mean() + 0.5) / 64 - center[1]) / radius
+        assert drop == pytest.approx(1 / 3, abs=0.05)
+    else:
+        assert np.array_equal(old, shape_mask(shape, center, radius, world=2))
+    square = shape_coverage("square", center, radius).sum()
+    for world in (1, 2):  # its area: the share of its bounding square the world says
+        area = shape_coverage(shape, center, radius, world=world).sum()
+        assert area / square == pytest.approx(square_fraction(shape, world), rel=0.02)
+    with pytest.raises(ValueError, match="world version"):
+        shape_mask(shape, center, radius, world=3)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_world_2_sizes_are_read_as_areas_at_every_band_edge(shape):
     for band, (low, high) in SIZE_BANDS.items():
         for radius in (low, (low + high) / 2, high):
             for center in ((0.5, 0.5), (0.43, 0.61)):
-                mask = render([ShapeObject(shape, "green", band, center, r=radius)], "white").masks[0]
+                mask = render([ShapeObject(shape, "green", band, center, r=radius)], "white", world=2).masks[0]
                 assert size_word(mask.sum(), shape, 64, world=2) == band, (band, radius, center)
     # world 1 keeps its two sizes
     assert size_word(render([ShapeObject(shape, "red", "small", (0.5, 0.5))], "black").masks[0].sum(), shape, 64) == "small"
@@ -270,6 +296,15 @@ def test_the_vae_phase_runs_in_float32_when_asked_even_under_bf16(tmp_path):
     assert vae_losses("bf16", bf16=True) != fp32
     assert RECIPE.bf16 and RECIPE.vae_fp32
     assert TrainConfig(vae_fp32=True).key() != TrainConfig().key()
+
+
+def test_a_world_2_run_begun_before_the_triangle_was_redrawn_keeps_its_own_checkpoint_folder():
+    # 91879a9cedb5: the recipe's folder while world 2 drew world 1's triangle; resuming it would
+    # mix scenes (and cached latents) of the two geometries
+    from models.shapes_training import RECIPE, TrainConfig
+
+    assert RECIPE.key() != "91879a9cedb5"
+    assert TrainConfig(world=1).key() == TrainConfig().key()  # world 1's runs keep theirs
 
 
 def test_two_processes_train_the_one_process_run(tmp_path):

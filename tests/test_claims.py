@@ -36,10 +36,6 @@ from models.defaults import BlendDefaults, read_blend_defaults
 RED_CIRCLE = ShapeObject("circle", "red", "big", (0.45, 0.55))
 
 
-def source_of(scene, world: int = 1) -> Source:
-    return Source.from_scene(scene, world)
-
-
 # ---------------------------------------------------------------- the renderer's shapes anywhere
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
 def test_shape_mask_is_the_renderers_mask(shape):
@@ -135,7 +131,7 @@ def test_monotonic():
     ("shape", "square", [centred(RED_CIRCLE, shape="square")]),
 ])
 def test_a_perfect_swap_meets_the_thresholds(kind, target, edited):
-    source = source_of(render([RED_CIRCLE], "white"))
+    source = Source.from_scene(render([RED_CIRCLE], "white"))
     judged = judge_swap(kind, target, source, render(edited, "white").image)
     assert judged["changed"]
     # the renderer's mask (pixels covered at least half) against the detector's (anti-aliased
@@ -150,24 +146,24 @@ def test_world_2_judges_a_triangle_swap_that_keeps_the_centre_of_mass_as_kept():
     its centroid a third of a radius below its box's centre, and there the same kind of edit lands
     that far off the target drawn in the triangle's square."""
     triangle = ShapeObject("triangle", "red", "big", (0.45, 0.55), r=0.22)
-    source = source_of(render([triangle], "white", world=2), world=2)
+    source = Source.from_scene(render([triangle], "white", world=2), world=2)
     judged = judge_swap("shape", "circle", source, render([centred(triangle, shape="circle")], "white", world=2).image)
     assert judged["changed"] and judged["iou"] >= 0.9 and judged["centroid_px"] <= 1.0
     old = render([triangle], "white").masks[0]
     low = ((np.nonzero(old)[0].mean() + 0.5) / 64 - triangle.center[1]) * 64  # its centroid, r/3 down
     kept_mass = render([ShapeObject("circle", "red", "big", (0.45, 0.55 + low / 64), r=0.22)], "white").image
-    off = judge_swap("shape", "circle", source_of(render([triangle], "white")), kept_mass)
+    off = judge_swap("shape", "circle", Source.from_scene(render([triangle], "white")), kept_mass)
     assert off["centroid_px"] == pytest.approx(0.22 * 64 / 3, abs=0.7) and off["iou"] < THRESHOLDS["shape_iou"] + 0.1
 
 
 def test_a_background_swap_keeps_the_object():
-    source = source_of(render([RED_CIRCLE], "white"))
+    source = Source.from_scene(render([RED_CIRCLE], "white"))
     judged = judge_swap("background", "black", source, render([RED_CIRCLE], "black").image)
     assert judged["changed"] and judged["iou"] > 0.95 and math.isnan(judged["background_db"])
 
 
 def test_a_failed_or_moved_swap_is_seen():
-    source = source_of(render([RED_CIRCLE], "white"))
+    source = Source.from_scene(render([RED_CIRCLE], "white"))
     unchanged = judge_swap("colour", "blue", source, source.image)
     assert not unchanged["changed"] and unchanged["iou"] > 0.95
     moved = render([ShapeObject("triangle", "red", "big", (0.6, 0.55))], "white").image
@@ -179,7 +175,7 @@ def test_a_failed_or_moved_swap_is_seen():
 
 def test_refinement_in_place():
     small = ShapeObject("circle", "red", "small", (0.5, 0.5))
-    source = source_of(render([small], "white"))
+    source = Source.from_scene(render([small], "white"))
     judged = judge_refine(source, render([ShapeObject("circle", "red", "big", (0.5, 0.5))], "black").image, "big", "black")
     assert judged["changed"] and judged["centroid_px"] < 0.5 and judged["kept_inside"] == 1.0
     assert not judge_refine(source, source.image, "big", "black")["changed"]
@@ -191,7 +187,7 @@ def test_refinement_in_place():
 
 def test_refinement_knows_when_a_big_object_cannot_stay_in_place():
     # a small circle near the left edge: a big one centred there would cross the edge
-    near_edge = source_of(render([ShapeObject("circle", "red", "small", (0.2, 0.5))], "white"))
+    near_edge = Source.from_scene(render([ShapeObject("circle", "red", "small", (0.2, 0.5))], "white"))
     grown = render([ShapeObject("circle", "red", "big", (0.28, 0.5))], "black").image
     judged = judge_refine(near_edge, grown, "big", "black")
     assert judged["changed"] and not judged["fits_in_place"]

@@ -23,13 +23,14 @@ one-command recipe (``RECIPE``) trains the shipped model's whole schedule that w
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +51,7 @@ from models.grounding import (
     scene_labels,
     token_labels,
 )
+from models.loss_guard import LossGuard
 from models.tiny import SCHEDULER_CONFIG, assemble_pipeline, cache_root
 from models.tokenizer import build_clip_tokenizer
 
@@ -91,6 +93,8 @@ TEXT_CONFIG = dict(
 )
 # Scenes seeded from here on are training data; benchmarks and tests draw photos below it.
 TRAIN_SEED_OFFSET = 1_000_000
+# a VAE phase that keeps blowing up after this many roll-backs goes on as it is
+MAX_ROLLBACKS = 4
 
 
 @dataclass
@@ -144,6 +148,9 @@ class TrainConfig:
     # from this UNet step on the learning rate is lr_low (None: unet_lr to the end)
     lr_low_from: int | None = None
     lr_low: float = 1e-4
+    # the VAE phase goes back to its last healthy snapshot, at half the learning rate, when its
+    # 10-step mean loss rises past this many times its best (models/loss_guard.py; 0: no guard)
+    vae_guard: float = 0.0
 
     def key(self) -> str:
         """A short hash naming this config's checkpoint folder. The step counts are left out, so a
@@ -156,7 +163,7 @@ class TrainConfig:
                              ("locality_max_t", 1000), ("world", 1), ("bf16", False), ("precompute", False),
                              ("compile", False), ("unet_channels", [64, 128]), ("snr_gamma", 0.0),
                              ("grounding_from", 0), ("locality_from", 0), ("lr_low_from", None),
-                             ("lr_low", 1e-4), ("vae_fp32", False)):
+                             ("lr_low", 1e-4), ("vae_fp32", False), ("vae_guard", 0.0)):
             if fields[name] == before:
                 del fields[name]
         if self.world == 2:  # world 2 redrew its triangle: runs begun before keep their own folder
@@ -176,6 +183,7 @@ RECIPE = TrainConfig(
     world=2,
     bf16=True,
     vae_fp32=True,
+    vae_guard=3.0,
     precompute=True,
     snr_gamma=5.0,
     grounding_weight=0.1,
@@ -317,6 +325,9 @@ class TrainState:
     scaling_factor: float | None
     losses: dict
     seconds: float
+    # the VAE learning rate's multiplier after loss-guard roll-backs, and the steps rolled back from
+    vae_lr_scale: float = 1.0
+    rollbacks: list = field(default_factory=list)
 
 
 def _ema_update(ema: dict[str, torch.Tensor], models: dict[str, torch.nn.Module], decay: float) -> None:
@@ -470,6 +481,7 @@ def train(
         if state.optimizer:
             optimizer.load_state_dict(state.optimizer)
         vae.train()
+        guard, snapshot = LossGuard(config.vae_guard), None
         while state.step < config.vae_steps:
             if stop_after is not None and done_total >= stop_after:
                 save(optimizer, None)
@@ -482,7 +494,7 @@ def train(
                 seeds = torch.randint(0, 10**8, (config.batch_size,), generator=gen).tolist()
                 pixels, _ = scenes_batch(seeds, config.world)
             for group in optimizer.param_groups:
-                group["lr"] = config.vae_lr * _lr_factor(state.step, config.warmup_steps) * (
+                group["lr"] = config.vae_lr * state.vae_lr_scale * _lr_factor(state.step, config.warmup_steps) * (
                     0.1 if state.step > 0.8 * config.vae_steps else 1.0)
             # the decoder learns from the posterior mean, the latent inversion starts from: sampling
             # (as SD's VAE training does) held reconstructions near 22 dB for the first 160 steps
@@ -500,6 +512,20 @@ def train(
             state.step += 1
             done_total += 1
             state.losses["vae"].append(round(mse_all, 6))
+            verdict = guard.observe(state.step, mse_all)
+            if verdict == "snapshot":
+                snapshot = (state.step, done_total, len(state.losses["vae"]),
+                            copy.deepcopy(vae.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            elif verdict == "rollback" and len(state.rollbacks) < MAX_ROLLBACKS:
+                log.warning("VAE loss rose to %.4g at step %d: back to step %d at half the learning rate",
+                            mse_all, state.step, snapshot[0])
+                state.rollbacks.append(state.step)
+                state.step, done_total, kept = snapshot[:3]
+                del state.losses["vae"][kept:]
+                vae.load_state_dict(snapshot[3])
+                optimizer.load_state_dict(snapshot[4])
+                state.vae_lr_scale *= 0.5
+                guard.rolled_back()
             if _agree_stop(progress is not None and bool(progress("vae", state.step, config.vae_steps, mse_all)),
                            processes):
                 save(optimizer, None)
@@ -667,6 +693,7 @@ def train(
         "final_locality_loss": (float(np.mean(state.losses["locality"][-100:]))
                                 if state.losses.get("locality") else None),
         "scaling_factor": scaling,
+        "vae_rollbacks": state.rollbacks,
         "world": config.world,
         "config": asdict(config),
         "losses": state.losses,

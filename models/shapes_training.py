@@ -517,8 +517,9 @@ def train(
                 snapshot = (state.step, done_total, len(state.losses["vae"]),
                             copy.deepcopy(vae.state_dict()), copy.deepcopy(optimizer.state_dict()))
             elif verdict == "rollback" and len(state.rollbacks) < MAX_ROLLBACKS:
-                log.warning("VAE loss rose to %.4g at step %d: back to step %d at half the learning rate",
-                            mse_all, state.step, snapshot[0])
+                if rank == 0:
+                    log.warning("VAE loss rose to %.4g at step %d: back to step %d at half the learning rate",
+                                mse_all, state.step, snapshot[0])
                 state.rollbacks.append(state.step)
                 state.step, done_total, kept = snapshot[:3]
                 del state.losses["vae"][kept:]

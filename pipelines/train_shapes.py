@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-lr", default=None,
                         help="peak learning rate of the UNet phase (default 5e-4; a fine-tune keeps the model "
                              "closer to where it starts with less, such as 1e-4)")
+    parser.add_argument("--vae-guard", default=None,
+                        help="the VAE phase goes back to its last healthy snapshot, at half the learning rate, when "
+                             "its loss rises past this many times its best (default: the recipe's, 3; 0: off)")
     parser.add_argument("--seed", default="0", help="seed of the weights and of every batch")
     parser.add_argument("--threads", default=None,
                         help="CPU threads for torch in each process (default: 1 with --processes 2 or more, else torch's own)")
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.unet_lr is not None:
             overrides["unet_lr"] = parse_number(args.unet_lr, "--unet-lr", low=1e-8, high=1.0,
                                                 hint="a learning rate such as 1e-4", error=UsageError)
+        if args.vae_guard is not None:
+            overrides["vae_guard"] = parse_number(args.vae_guard, "--vae-guard", low=0, high=1e4,
+                                                  hint="a loss ratio such as 3, or 0 for no guard", error=UsageError)
         if args.grounding_from is not None:
             overrides["grounding_from"] = _count(args.grounding_from, "--grounding-from", low=0)
         if args.locality_max_t is not None:
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 # into a log file (not a terminal) a line every 30 s rather than every step
                 bars[phase] = tqdm(total=total, initial=step - 1, desc=f"training {phase}", file=sys.stderr,
                                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
+            bars[phase].n = step - 1  # a VAE roll-back goes back some steps
             bars[phase].update(1)
             bars[phase].set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar redraws at its own interval
 

@@ -514,17 +514,17 @@ def train(
             state.losses["vae"].append(round(mse_all, 6))
             verdict = guard.observe(state.step, mse_all)
             if verdict == "snapshot":
-                snapshot = (state.step, done_total, len(state.losses["vae"]),
-                            copy.deepcopy(vae.state_dict()), copy.deepcopy(optimizer.state_dict()))
+                snapshot = {"step": state.step, "done": done_total, "vae": copy.deepcopy(vae.state_dict()),
+                            "optimizer": copy.deepcopy(optimizer.state_dict())}
             elif verdict == "rollback" and len(state.rollbacks) < MAX_ROLLBACKS:
                 if rank == 0:
                     log.warning("VAE loss rose to %.4g at step %d: back to step %d at half the learning rate",
-                                mse_all, state.step, snapshot[0])
+                                mse_all, state.step, snapshot["step"])
                 state.rollbacks.append(state.step)
-                state.step, done_total, kept = snapshot[:3]
-                del state.losses["vae"][kept:]
-                vae.load_state_dict(snapshot[3])
-                optimizer.load_state_dict(snapshot[4])
+                state.step, done_total = snapshot["step"], snapshot["done"]
+                del state.losses["vae"][state.step:]  # the record holds one loss per VAE step
+                vae.load_state_dict(snapshot["vae"])
+                optimizer.load_state_dict(snapshot["optimizer"])
                 state.vae_lr_scale *= 0.5
                 guard.rolled_back()
             if _agree_stop(progress is not None and bool(progress("vae", state.step, config.vae_steps, mse_all)),

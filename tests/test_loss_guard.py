@@ -3,8 +3,6 @@ loop really goes back (weights, optimizer, batches and the loss record) at half 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 

@@ -374,10 +374,10 @@ def test_train_shapes_passes_its_options_to_the_run(tmp_path, monkeypatch, capsy
     assert (config.unet_lr, config.locality_max_t, config.unet_steps) == (1e-4, 400, 7)
     assert main(["--out", str(tmp_path / "g"), "--grounding-from", "3000", "--quiet"]) == 0
     assert seen["config"].grounding_from == 3000
+    assert seen["config"].key() != shapes_training.RECIPE.key()
     assert seen["config"].vae_guard == 3.0
     assert main(["--out", str(tmp_path / "u"), "--vae-guard", "0", "--quiet"]) == 0
     assert seen["config"].vae_guard == 0.0 and seen["config"].key() != shapes_training.RECIPE.key()
-    assert seen["config"].key() != shapes_training.RECIPE.key()
     assert config.key() != shapes_training.TrainConfig(locality_max_t=400).key()  # its own checkpoint folder
     assert json.loads((tmp_path / "m" / "training.json").read_text())["config"]["unet_lr"] == 1e-4
     # everything else is the recipe's, on two processes of one thread each

@@ -304,6 +304,7 @@ def test_a_world_2_run_begun_before_the_triangle_was_redrawn_keeps_its_own_check
     from models.shapes_training import RECIPE, TrainConfig
 
     assert RECIPE.key() != "91879a9cedb5"
+    assert RECIPE.key() != "86f60e198af1"  # nor one begun before the size bands moved up (#31)
     assert TrainConfig().key() == "f77f1b4698d4"  # world 1's runs keep theirs (its key before the redraw)
 
 

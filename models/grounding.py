@@ -152,13 +152,17 @@ def _per_layer(maps: list[torch.Tensor], regions: torch.Tensor):
         yield probs.transpose(1, 2), F.adaptive_avg_pool2d(regions, side).flatten(2)
 
 
-def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor,
+                   count: torch.Tensor | float | None = None) -> torch.Tensor:
     """Mean over layers and grounded tokens of (1 − share of the token's attention inside its region)².
 
     Args:
         maps: cross-attention maps per layer, each [B, h·w, tokens] (h = w).
         regions: [B, tokens, H, W] target regions at pixel resolution, pooled to each layer's side.
         used: [B, tokens] bool, the tokens to ground (a dropped caption has none).
+        count: what the sum over tokens is divided by; None: this batch's grounded tokens. A
+            data-parallel process gives the whole batch's count over the processes, so that the
+            processes' average is the whole batch's mean.
 
     Returns:
         A scalar (zero when no token is grounded).
@@ -166,14 +170,16 @@ def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.
     if not used.any():
         return maps[0].sum() * 0
     weight = used.float()
+    count = weight.sum() if count is None else count
     losses = []
     for mass, pooled in _per_layer(maps, regions):
         share = (mass * pooled).sum(-1) / mass.sum(-1).clamp_min(1e-8)
-        losses.append((((1 - share) ** 2) * weight).sum() / weight.sum())
+        losses.append((((1 - share) ** 2) * weight).sum() / count)
     return torch.stack(losses).mean()
 
 
-def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tensor,
+               count: torch.Tensor | float | None = None) -> torch.Tensor:
     """Mean over layers, grounded tokens and pixels of the binary cross-entropy between a token's
     map divided by its maximum and its region: zero for a map flat on its region and zero outside.
 
@@ -181,17 +187,20 @@ def pixel_loss(maps: list[torch.Tensor], regions: torch.Tensor, used: torch.Tens
         maps: cross-attention maps per layer, each [B, h·w, tokens] (h = w).
         regions: [B, tokens, H, W] target regions in [0, 1], pooled to each layer's side.
         used: [B, tokens] bool, the tokens to ground.
+        count: the number of tokens the mean is over; None: this batch's grounded tokens (see
+            ``grounding_loss``).
 
     Returns:
         A scalar (zero when no token is grounded).
     """
     if not used.any():
         return maps[0].sum() * 0
+    count = used.sum() if count is None else count
     losses = []
     for mass, pooled in _per_layer(maps, regions):
         mass, pooled = mass[used], pooled[used]  # [N, h·w], the grounded tokens
         scaled = (mass / mass.amax(-1, keepdim=True).clamp_min(1e-8)).clamp(1e-6, 1 - 1e-6)
-        losses.append(F.binary_cross_entropy(scaled, pooled))
+        losses.append(F.binary_cross_entropy(scaled, pooled, reduction="sum") / (count * mass.shape[-1]))
     return torch.stack(losses).mean()
 
 
@@ -206,7 +215,8 @@ def scene_labels(scene: Scene, regions: int = 3) -> torch.Tensor:
     return labels
 
 
-def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Tensor | None = None,
+                  count: torch.Tensor | float | None = None) -> torch.Tensor:
     """Mean over layers and pixels of (1 − share of a pixel's self-attention on its own region)².
 
     Args:
@@ -214,6 +224,7 @@ def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Te
         labels: [B, R, H, W] one-hot regions (``scene_labels``), average-pooled to each layer's side,
             so a pixel on an edge counts as part of each region by its share.
         keep: [B] bool, the scenes that count (e.g. those noised below a timestep); None: all.
+        count: the number of scenes the mean is over; None: those kept here (see ``grounding_loss``).
 
     Returns:
         A scalar: 0 when every pixel attends only within its region (or no scene counts)."""
@@ -226,5 +237,6 @@ def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Te
         per_scene = ((1 - share) ** 2).mean(1)
         if keep is not None:
             per_scene = per_scene[keep]
-        losses.append(per_scene.mean() if per_scene.numel() else per_scene.sum())
+        divide = per_scene.numel() if count is None else count
+        losses.append(per_scene.sum() / divide if per_scene.numel() else per_scene.sum())
     return torch.stack(losses).mean()

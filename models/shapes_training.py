@@ -395,6 +395,19 @@ def _agree_stop(wanted: bool, processes: int) -> bool:
     return bool(flag.item() > 0)
 
 
+def _shared_counts(counts: torch.Tensor, processes: int) -> torch.Tensor:
+    """Counts [K] summed over the processes and divided by their number (one all-reduce): a masked
+    loss's sum divided by this share averages, over the processes, to the whole batch's masked mean,
+    as one process would compute it. Zero counts become 1 (their sums are zero too)."""
+    if processes > 1:
+        import torch.distributed as dist
+
+        counts = counts.clone()
+        dist.all_reduce(counts)
+        counts /= processes
+    return torch.where(counts > 0, counts, torch.ones_like(counts))
+
+
 def _average(params: list[torch.nn.Parameter], losses: torch.Tensor, processes: int) -> torch.Tensor:
     """Average the gradients of ``params`` and the logged ``losses`` [K] over the processes, in one
     all-reduce; returns the averaged losses. Every process then takes the same optimizer step."""
@@ -645,17 +658,19 @@ def train(
         if grounding is not None:
             labels, regions, used = batch_targets(index, drop)
             maps = [m.float() for m in grounding.maps]
+            keep = t < config.locality_max_t
+            tokens, scenes = _shared_counts(torch.stack([used.sum(), keep.sum()]).float(), processes)
             if wants_grounding and state.step >= config.grounding_from:
-                ground = grounding_loss(maps, regions, used)
+                ground = grounding_loss(maps, regions, used, tokens)
                 total = total + config.grounding_weight * ground
                 logged["grounding"] = ground.detach()
                 if config.pixel_weight > 0:
-                    pixel = pixel_loss(maps, regions, used)
+                    pixel = pixel_loss(maps, regions, used, tokens)
                     total = total + config.pixel_weight * pixel
                     logged["pixel"] = pixel.detach()
             grounding.maps.clear()
             if self_maps is not None:  # installed with the grounding processor, on the same scenes
-                local = locality_loss([m.float() for m in self_maps.maps], labels, t < config.locality_max_t)
+                local = locality_loss([m.float() for m in self_maps.maps], labels, keep, scenes)
                 total = total + config.locality_weight * local
                 logged["locality"] = local.detach()
                 self_maps.maps.clear()

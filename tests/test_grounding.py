@@ -182,3 +182,24 @@ def test_fine_tuning_with_word_tokens_and_grounding(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(tuned.unet.parameters(), first.unet.parameters()))
     # the exported model runs on diffusers' own processors, not the training one
     assert not any(isinstance(p, GroundingProcessor) for p in tuned.unet.attn_processors.values())
+
+
+def test_masked_terms_over_halves_with_the_whole_count_average_to_the_whole_batch_mean():
+    # data-parallel training: two halves of a batch hold 1 and 5 grounded tokens, 0 and 2 kept scenes
+    torch.manual_seed(0)
+    cross = [torch.rand(4, 16, 6).softmax(-1), torch.rand(4, 4, 6).softmax(-1)]
+    regions = (torch.rand(4, 6, 8, 8) > 0.5).float()
+    used = torch.tensor([[1, 0, 0, 0, 0, 0], [0] * 6, [1, 1, 1, 0, 0, 0], [0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    own = [torch.rand(4, 16, 16).softmax(-1)]
+    labels = torch.nn.functional.one_hot(torch.randint(0, 3, (4, 8, 8)), 3).permute(0, 3, 1, 2).float()
+    keep = torch.tensor([False, False, True, True])
+    halves = (slice(0, 2), slice(2, 4))
+    terms = (
+        (grounding_loss(cross, regions, used), lambda h, n: grounding_loss([m[h] for m in cross], regions[h], used[h], n), 3.0),
+        (pixel_loss(cross, regions, used), lambda h, n: pixel_loss([m[h] for m in cross], regions[h], used[h], n), 3.0),
+        (locality_loss(own, labels, keep), lambda h, n: locality_loss([m[h] for m in own], labels[h], keep[h], n), 1.0),
+    )
+    for whole, part, share in terms:
+        assert float(part(halves[0], share) + part(halves[1], share)) / 2 == pytest.approx(float(whole), rel=1e-5)
+        # each half's own mean would weigh the lone token (or the empty half) as much as the rest
+        assert float(part(halves[0], None) + part(halves[1], None)) / 2 != pytest.approx(float(whole), rel=1e-2)

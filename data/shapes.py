@@ -46,7 +46,8 @@ EDGE_MARGIN = 0.03
 # World version 2: radius bands (fractions of the side), drawn uniformly; "medium" is never named.
 # The small band starts at world 1's small size: a triangle covers 3/8 of its square, and below
 # 0.14 small triangles were the ones the model drew round and the shape swaps lost (docs/benchmarks.md,
-# #31). The big band ends where a pair of objects still fits under the room rule (PAIR_RADIUS).
+# #31). The big band keeps its upper end (GROWN_RADIUS), so the room rule and PAIR_RADIUS (0.22,
+# the big band's lower end: a pair holds at most the smallest big object) are unchanged.
 SIZE_BANDS = {"small": (0.14, 0.16), "medium": (0.18, 0.20), "big": (0.22, 0.24)}
 NAMED_SIZES = ("small", "big")
 # Version 2's room rule: an object grown to the largest big radius about its centre keeps

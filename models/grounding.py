@@ -237,6 +237,5 @@ def locality_loss(maps: list[torch.Tensor], labels: torch.Tensor, keep: torch.Te
         per_scene = ((1 - share) ** 2).mean(1)
         if keep is not None:
             per_scene = per_scene[keep]
-        divide = per_scene.numel() if count is None else count
-        losses.append(per_scene.sum() / divide if per_scene.numel() else per_scene.sum())
+        losses.append(per_scene.sum() / (max(per_scene.numel(), 1) if count is None else count))
     return torch.stack(losses).mean()

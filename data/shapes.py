@@ -15,8 +15,10 @@ object's size from a continuous range in three bands (small and big, named in ca
 never named) and places every object so that, grown to the largest big size about its own centre,
 it stays inside the frame and off the other object (``fits_grown``). Every caption of version 1
 is a caption of version 2. Version 2 also draws every shape about its centre of mass: its triangle
-spans its bounding square's width but only the upper three quarters of its height, so that its
-centroid, like a circle's or a square's, is the object's centre (``TRIANGLE_BASE``).
+is world 1's (as wide as it is tall, half its bounding square) raised by a third of its radius, so
+that its centroid, like a circle's or a square's, is the object's centre (``TRIANGLE_SPAN``); its
+apex then stands above the square the other shapes of its radius fill, which the room rule counts
+(``extent``).
 """
 
 from __future__ import annotations
@@ -44,25 +46,28 @@ SIZES = {"small": 0.14, "big": 0.25}
 EDGE_MARGIN = 0.03
 
 # World version 2: radius bands (fractions of the side), drawn uniformly; "medium" is never named.
-# The small band starts at world 1's small size: a triangle covers 3/8 of its square, and below
-# 0.14 small triangles were the ones the model drew round and the shape swaps lost (docs/benchmarks.md,
-# #31). The big band keeps its upper end (GROWN_RADIUS), so the room rule and PAIR_RADIUS (0.22,
+# The small band starts at world 1's small size: below 0.14 small triangles (then 3/8 of their
+# square) were the ones the model drew round and the shape swaps lost (docs/benchmarks.md, #31). The big band keeps its upper end (GROWN_RADIUS), so the room rule and PAIR_RADIUS (0.22,
 # the big band's lower end: a pair holds at most the smallest big object) are unchanged.
 SIZE_BANDS = {"small": (0.14, 0.16), "medium": (0.18, 0.20), "big": (0.22, 0.24)}
 NAMED_SIZES = ("small", "big")
 # Version 2's room rule: an object grown to the largest big radius about its centre keeps
-# EDGE_MARGIN_V2 from every edge and GAP_V2 (bounding squares) from the other object.
+# EDGE_MARGIN_V2 from every edge and GAP_V2 (bounding boxes, ``extent``) from the other object.
 EDGE_MARGIN_V2 = 0.02
 GAP_V2 = 0.02
 GROWN_RADIUS = SIZE_BANDS["big"][1]
-# The largest radius two objects can share the frame with under the room rule: 1 − 2·(grown + edge) − grown − gap.
+# The largest radius two objects can share the frame with under the room rule, side by side (every
+# shape reaches its radius left and right): 1 − 2·(grown + edge) − grown − gap.
 PAIR_RADIUS = 1 - 2 * (GROWN_RADIUS + EDGE_MARGIN_V2) - GROWN_RADIUS - GAP_V2
 WORLDS = (1, 2)
-# Where an upright triangle's base lies below its centre, in radii: world 1 on the bounding square's
-# edge (its centroid a third of a radius below the centre), world 2 half a radius below, which puts
-# the centroid on the centre. Prompt-to-Prompt keeps an object's mass where it was (the attention
-# maps hold it), so a shape swap to or from a world-1 triangle lands r/3 off its bounding square.
-TRIANGLE_BASE = {1: 1.0, 2: 0.5}
+# An upright triangle's apex above and base below its centre, in radii (its base corners one radius
+# to each side). World 1: on the bounding square's edges, so its centroid lies a third of a radius
+# below the centre. World 2: the same triangle raised a third of a radius, so its centroid is the
+# centre. Prompt-to-Prompt keeps an object's mass where it was (the attention maps hold it), so a
+# shape swap must be judged about the centroid; and it keeps much of the object's footprint, so the
+# world-2 triangle keeps world 1's area (half its square; the shorter 3/8 triangle drawn inside
+# the square cost triangle swaps a tenth of IoU, docs/benchmarks.md).
+TRIANGLE_SPAN = {1: (1.0, 1.0), 2: (4 / 3, 2 / 3)}
 
 
 @dataclass(frozen=True)
@@ -117,17 +122,17 @@ def _outline(shape: str, center: tuple[float, float], radius: float, side: float
         return "ellipse", [(cx - r, cy - r), (cx + r, cy + r)]
     if shape == "square":
         return "rectangle", [(cx - r, cy - r), (cx + r, cy + r)]
-    if shape == "triangle":  # upright, its apex and base corners on the bounding square
-        base = cy + TRIANGLE_BASE[world] * r
-        return "polygon", [(cx, cy - r), (cx + r, base), (cx - r, base)]
+    if shape == "triangle":  # upright, as wide as its bounding square
+        apex, base = TRIANGLE_SPAN[world]
+        return "polygon", [(cx, cy - apex * r), (cx + r, cy + base * r), (cx - r, cy + base * r)]
     raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
 
 
 def square_fraction(shape: str, world: int = 1) -> float:
     """The fraction of its bounding square (side 2 × radius) a shape covers in ``world``: circle
-    π/4, square 1, triangle 1/2 (world 1) or 3/8 (world 2, its base half a radius below the centre)."""
+    π/4, square 1, triangle 1/2 (its height, apex to base, is the square's side in both worlds)."""
     _check_world(world)
-    fractions = {"circle": math.pi / 4, "square": 1.0, "triangle": (1 + TRIANGLE_BASE[world]) / 4}
+    fractions = {"circle": math.pi / 4, "square": 1.0, "triangle": sum(TRIANGLE_SPAN[world]) / 4}
     if shape not in fractions:
         raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
     return fractions[shape]
@@ -140,7 +145,7 @@ def shape_coverage(shape: str, center: tuple[float, float], radius: float, size:
     ``center`` (x, y) and ``radius`` (half the bounding square's side) are fractions of the image
     side, any values (not only the world's two sizes): the benchmarks draw the shape an edit should
     have made at the place and size of the object it started from. ``world`` picks the triangle's
-    geometry (``TRIANGLE_BASE``)."""
+    geometry (``TRIANGLE_SPAN``)."""
     _check_world(world)
     big = size * SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
@@ -194,29 +199,56 @@ def _check_world(world: int) -> None:
         raise ValueError(f"unknown world version {world!r}: use one of {', '.join(map(str, WORLDS))}")
 
 
-def fits(size: str, center: tuple[float, float], world: int = 1) -> bool:
-    """Whether an object of ``size`` centred at ``center`` (fractions of the side) is one the world
-    draws: its bounding square at least the edge margin inside every edge (world 2: at every radius
-    of the size's band, so the band's largest)."""
+def extent(shape: str, radius: float, world: int = 1) -> tuple[float, float, float, float]:
+    """How far a ``shape`` of ``radius`` reaches from its centre: (left, up, right, down), fractions
+    of the image side. A circle's and a square's reach is the radius every way; a world-2 triangle
+    reaches a third of a radius higher and lower by as much (``TRIANGLE_SPAN``)."""
     _check_world(world)
-    radius, margin = (SIZES[size], EDGE_MARGIN) if world == 1 else (SIZE_BANDS[size][1], EDGE_MARGIN_V2)
-    low, high = radius + margin, 1 - radius - margin
-    return all(low - 1e-9 <= c <= high + 1e-9 for c in center)
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+    if shape == "triangle":
+        apex, base = TRIANGLE_SPAN[world]
+        return radius, apex * radius, radius, base * radius
+    return radius, radius, radius, radius
 
 
-def _apart(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return max(abs(a[0] - b[0]), abs(a[1] - b[1]))
+def _box(center: tuple[float, float], shape: str, radius: float, world: int) -> tuple[float, float, float, float]:
+    left, up, right, down = extent(shape, radius, world)
+    return center[0] - left, center[1] - up, center[0] + right, center[1] + down
+
+
+def _inside(box: tuple[float, float, float, float], margin: float) -> bool:
+    return all(v >= margin - 1e-9 for v in box[:2]) and all(v <= 1 - margin + 1e-9 for v in box[2:])
+
+
+def _clear(a: tuple[float, float, float, float], b: tuple[float, float, float, float], gap: float) -> bool:
+    """Whether boxes ``a`` and ``b`` (x0, y0, x1, y1) are at least ``gap`` apart along x or along y."""
+    return (a[2] + gap <= b[0] + 1e-9 or b[2] + gap <= a[0] + 1e-9
+            or a[3] + gap <= b[1] + 1e-9 or b[3] + gap <= a[1] + 1e-9)
+
+
+def fits(size: str, center: tuple[float, float], world: int = 1, shape: str = "circle") -> bool:
+    """Whether a ``shape`` of ``size`` centred at ``center`` (fractions of the side) is one the world
+    draws: its bounding box at least the edge margin inside every edge (world 2: at every radius of
+    the size's band, so the band's largest; a triangle's box reaches above its square, ``extent``)."""
+    _check_world(world)
+    if world == 1:
+        radius, margin = SIZES[size], EDGE_MARGIN
+        low, high = radius + margin, 1 - radius - margin
+        return all(low - 1e-9 <= c <= high + 1e-9 for c in center)
+    return _inside(_box(center, shape, SIZE_BANDS[size][1], 2), EDGE_MARGIN_V2)
 
 
 def fits_grown(objects: list[ShapeObject]) -> bool:
     """World 2's room rule: every object, grown to ``GROWN_RADIUS`` about its own centre, keeps
     ``EDGE_MARGIN_V2`` inside every edge and ``GAP_V2`` off every other object as drawn (bounding
-    squares), so that a refinement to "big" can keep each object in place."""
+    boxes), so that a refinement to "big" can keep each object in place."""
     for i, obj in enumerate(objects):
-        if not fits("big", obj.center, world=2):
+        if not fits("big", obj.center, world=2, shape=obj.shape):
             return False
+        grown = _box(obj.center, obj.shape, GROWN_RADIUS, 2)
         for j, other in enumerate(objects):
-            if i != j and _apart(obj.center, other.center) < GROWN_RADIUS + other.radius + GAP_V2 - 1e-9:
+            if i != j and not _clear(grown, _box(other.center, other.shape, other.radius, 2), GAP_V2):
                 return False
     return True
 
@@ -231,27 +263,31 @@ def _place(rng: np.random.Generator, size: str, taken: list[ShapeObject]) -> tup
     return None
 
 
-def _place_v2(rng: np.random.Generator, radius: float, taken: list[ShapeObject]) -> tuple[float, float] | None:
-    low, high = GROWN_RADIUS + EDGE_MARGIN_V2, 1 - GROWN_RADIUS - EDGE_MARGIN_V2
+def _place_v2(rng: np.random.Generator, shape: str, radius: float, taken: list[ShapeObject]) -> tuple[float, float] | None:
+    left, up, right, down = extent(shape, GROWN_RADIUS, 2)
     for _ in range(100 if taken else 1):
-        center = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+        center = (float(rng.uniform(left + EDGE_MARGIN_V2, 1 - right - EDGE_MARGIN_V2)),
+                  float(rng.uniform(up + EDGE_MARGIN_V2, 1 - down - EDGE_MARGIN_V2)))
         # the new object grown must miss each taken one, and each taken one grown must miss it
-        if all(_apart(center, o.center) >= GROWN_RADIUS + max(radius, o.radius) + GAP_V2 for o in taken):
+        grown, drawn = _box(center, shape, GROWN_RADIUS, 2), _box(center, shape, radius, 2)
+        if all(_clear(grown, _box(o.center, o.shape, o.radius, 2), GAP_V2)
+               and _clear(_box(o.center, o.shape, GROWN_RADIUS, 2), drawn, GAP_V2) for o in taken):
             return center
     return None
 
 
 def random_object_v2(rng: np.random.Generator, taken: list[ShapeObject], max_radius: float = 1.0) -> ShapeObject | None:
     """A world-2 object: a size band drawn uniformly, a radius uniform inside it (and at most
-    ``max_radius``), a shape, a colour and a centre that keeps the room rule with ``taken`` (None
-    when there is no room)."""
+    ``max_radius``), a shape, a centre that keeps the room rule with ``taken`` for that shape, and a
+    colour (None when there is no room)."""
     band = str(rng.choice(list(SIZE_BANDS)))
     low, high = SIZE_BANDS[band]
     radius = float(rng.uniform(low, min(high, max_radius)))
-    center = _place_v2(rng, radius, taken)
+    shape = str(rng.choice(SHAPES))
+    center = _place_v2(rng, shape, radius, taken)
     if center is None:
         return None
-    return ShapeObject(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), band, center, r=radius)
+    return ShapeObject(shape, str(rng.choice(list(COLOURS))), band, center, r=radius)
 
 
 def random_scene(seed: int, max_objects: int = 2, size: int = IMAGE_SIZE, p_two: float = 0.35,

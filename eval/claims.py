@@ -63,7 +63,7 @@ def object_box(mask: np.ndarray, world: int = 1) -> tuple[tuple[float, float], f
     """The bounding square of a bool mask [H, W] as the renderer of ``world`` describes an object:
     centre (x, y) and radius (half the larger side of the bounding box), fractions of the image
     width. World 1 centres every shape in its bounding box; world 2 on its centre of mass (its
-    triangle is shorter than it is wide, ``data.shapes.TRIANGLE_BASE``), so there the centre is the
+    triangle is raised a third of its radius, ``data.shapes.TRIANGLE_SPAN``), so there the centre is the
     mask's centroid."""
     ys, xs = np.nonzero(mask)
     if xs.size == 0:
@@ -208,7 +208,7 @@ def judge_refine(source: Source, edited: Image.Image, added_size: str, backgroun
     return {"changed": bool(size_changed and background_changed), "size_changed": bool(size_changed),
             "background_changed": bool(background_changed),
             "centroid_px": centroid_distance(source.mask, edit_mask), "kept_inside": kept_inside(source.mask, edit_mask),
-            "size_px": int(edit_mask.sum()), "fits_in_place": fits(added_size, center, source.world)}
+            "size_px": int(edit_mask.sum()), "fits_in_place": fits(added_size, center, source.world, source.shape)}
 
 
 def judge_attention(word_map: torch.Tensor | np.ndarray, object_mask: np.ndarray) -> float:

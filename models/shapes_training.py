@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from data.shapes import IMAGE_SIZE, SIZE_BANDS, TRIANGLE_BASE, Scene, random_scene
+from data.shapes import IMAGE_SIZE, SIZE_BANDS, TRIANGLE_SPAN, Scene, random_scene
 from models.grounding import (
     GroundingProcessor,
     grounding_loss,
@@ -166,8 +166,8 @@ class TrainConfig:
                              ("lr_low", 1e-4), ("vae_fp32", False), ("vae_guard", 0.0)):
             if fields[name] == before:
                 del fields[name]
-        if self.world == 2:  # world 2 redrew its triangle, then its size bands: runs begun before keep their own folder
-            fields["triangle_base"] = TRIANGLE_BASE[2]
+        if self.world == 2:  # world 2 redrew its triangle, its size bands, its triangle again: runs begun before keep their own folder
+            fields["triangle_span"] = list(TRIANGLE_SPAN[2])
             fields["size_bands"] = {band: list(radii) for band, radii in SIZE_BANDS.items()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 

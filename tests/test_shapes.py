@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from data.shapes import (
     SIZES,
     ShapeObject,
     caption_for,
+    extent,
     fits,
     fits_grown,
     random_scene,
@@ -153,7 +155,10 @@ def test_world_2_room_rule_every_object_grown_to_big_fits_in_place(world2):
     for scene in world2:
         assert fits_grown(scene.objects), scene.caption
         for i, obj in enumerate(scene.objects):
-            grown = shape_mask("square", obj.center, GROWN_RADIUS)  # the grown bounding square
+            # the grown object's bounding box, from its pixels (a triangle's reaches above its square)
+            ys, xs = np.nonzero(shape_mask(obj.shape, obj.center, GROWN_RADIUS, world=2))
+            grown = np.zeros((64, 64), bool)
+            grown[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
             assert not grown[:edge].any() and not grown[-edge:].any() and not grown[:, :edge].any() \
                 and not grown[:, -edge:].any(), scene.caption
             for j, other in enumerate(scene.masks):
@@ -164,6 +169,13 @@ def test_world_2_room_rule_every_object_grown_to_big_fits_in_place(world2):
     assert not fits_grown(close)
     apart = [close[0], ShapeObject("square", "blue", "small", (0.3 + GROWN_RADIUS + 0.1 + GAP_V2, 0.3), r=0.1)]
     assert fits_grown(apart)
+    # a triangle reaches a third of a radius above its square: the rule counts its apex
+    assert fits("big", (0.5, 0.3), world=2) and not fits("big", (0.5, 0.3), world=2, shape="triangle")
+    assert extent("triangle", 0.24, world=2) == pytest.approx((0.24, 0.32, 0.24, 0.16))
+    assert extent("triangle", 0.24, world=1) == extent("square", 0.24, world=2) == (0.24,) * 4
+    stacked = [ShapeObject("square", "blue", "small", (0.5, 0.34), r=0.1),
+               ShapeObject("circle", "red", "small", (0.5, 0.72), r=0.1)]
+    assert fits_grown(stacked) and not fits_grown([stacked[0], replace(stacked[1], shape="triangle")])
 
 
 def test_every_world_1_caption_is_a_world_2_caption(world2):
@@ -193,13 +205,16 @@ def test_the_detector_is_right_on_world_2_scenes(world2):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("center", [(0.5, 0.5), (0.37, 0.58)])
 def test_world_2_draws_every_shape_about_its_centre_of_mass(shape, center):
-    """World 2's mask centroid is the object's centre for every shape (its triangle's base half a
-    radius below the centre); world 1's triangle keeps its base on the bounding square, its centroid
+    """World 2's mask centroid is the object's centre for every shape (its triangle world 1's raised
+    a third of a radius, apex to base as tall as it is wide); world 1's triangle keeps its apex and
+    base on the bounding square, its centroid
     a third of a radius low, and its old pixels."""
     radius = 0.2
     ys, xs = np.nonzero(render([ShapeObject(shape, "red", "big", center, r=radius)], "white", world=2).masks[0])
     assert abs((xs.mean() + 0.5) / 64 - center[0]) < 0.5 / 64 and abs((ys.mean() + 0.5) / 64 - center[1]) < 0.5 / 64
     assert (xs.max() + 1 - xs.min()) / 128 == pytest.approx(radius, abs=1 / 64)  # as wide as its square
+    assert (ys.max() + 1 - ys.min()) / 128 == pytest.approx(radius, abs=1 / 64)  # and as tall
+    assert ys.min() / 64 == pytest.approx(center[1] - extent(shape, radius, world=2)[1], abs=1 / 64)
     old = render([ShapeObject(shape, "red", "big", center, r=radius)], "white").masks[0]
     if shape == "triangle":
         drop = ((np.nonzero(old)[0].mean() + 0.5) / 64 - center[1]) / radius
@@ -305,6 +320,7 @@ def test_a_world_2_run_begun_before_the_triangle_was_redrawn_keeps_its_own_check
 
     assert RECIPE.key() != "91879a9cedb5"
     assert RECIPE.key() != "86f60e198af1"  # nor one begun before the size bands moved up (#31)
+    assert RECIPE.key() != "b174bcd43b5b"  # nor one on the shorter (3/8) triangle (#31)
     assert TrainConfig().key() == "f77f1b4698d4"  # world 1's runs keep theirs (its key before the redraw)
 
 

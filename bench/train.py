@@ -54,6 +54,7 @@ CONFIGS = [
     BenchConfig("min-SNR-γ 5", dict(snr_gamma=5.0), phases=("unet",)),
     BenchConfig("kept: 2 processes + bf16 + once", KEPT, processes=2),
     BenchConfig("... + torch.compile", dict(KEPT, compile=True), processes=2, phases=("unet",)),
+    BenchConfig("... + explicit attention", dict(KEPT, explicit_attention=True), processes=2, phases=("unet",)),
     BenchConfig("... UNet (32, 64)", dict(KEPT, unet_channels=(32, 64)), processes=2, phases=("unet",)),
     BenchConfig("... UNet (96, 192)", dict(KEPT, unet_channels=(96, 192)), processes=2, phases=("unet",)),
     BenchConfig("... batch 16", dict(KEPT, batch_size=16), processes=2),

@@ -313,6 +313,38 @@ def test_the_vae_phase_runs_in_float32_when_asked_even_under_bf16(tmp_path):
     assert TrainConfig(vae_fp32=True).key() != TrainConfig().key()
 
 
+def test_explicit_attention_trains_what_the_fused_kernel_trains(tmp_path, monkeypatch):
+    """explicit_attention (a speed lever: diffusers' AttnProcessor on the layers no term reads)
+    computes the same attention: in float32 its losses are the fused run's to float rounding,
+    through the plain steps and the grounded ones; it has its own checkpoint folder."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    import models.shapes_training as shapes_training
+    from models.shapes_training import TrainConfig, train
+
+    calls = []
+
+    class Counted(AttnProcessor):
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(shapes_training, "AttnProcessor", Counted)
+
+    def losses(name: str, **fields) -> dict:
+        config = TrainConfig(**dict(SCHEDULED, bf16=False, **fields))
+        return train(tmp_path / name, config, checkpoint_dir=tmp_path / f"ck-{name}", resume=False)["losses"]
+
+    fused = losses("fused")
+    assert calls == []
+    explicit = losses("explicit", explicit_attention=True)
+    assert calls  # the explicit processor ran
+    assert explicit["vae"] == fused["vae"]
+    for term in ("unet", "grounding", "pixel", "locality"):
+        assert explicit[term] == pytest.approx(fused[term], rel=1e-4), term
+    assert TrainConfig(explicit_attention=True).key() != TrainConfig().key()
+
+
 def test_a_world_2_run_begun_before_the_triangle_was_redrawn_keeps_its_own_checkpoint_folder():
     # 91879a9cedb5: the recipe's folder while world 2 drew world 1's triangle; resuming it would
     # mix scenes (and cached latents) of the two geometries

@@ -191,6 +191,7 @@ RECIPE = TrainConfig(
     vae_fp32=True,
     vae_guard=3.0,
     precompute=True,
+    explicit_attention=True,
     snr_gamma=5.0,
     grounding_weight=0.1,
     pixel_weight=0.03,

@@ -47,8 +47,9 @@ EDGE_MARGIN = 0.03
 
 # World version 2: radius bands (fractions of the side), drawn uniformly; "medium" is never named.
 # The small band starts at world 1's small size: below 0.14 small triangles (then 3/8 of their
-# square) were the ones the model drew round and the shape swaps lost (docs/benchmarks.md, #31). The big band keeps its upper end (GROWN_RADIUS), so the room rule and PAIR_RADIUS (0.22,
-# the big band's lower end: a pair holds at most the smallest big object) are unchanged.
+# square) were the ones the model drew round and the shape swaps lost (docs/benchmarks.md, #31).
+# The big band keeps its upper end (GROWN_RADIUS), so the room rule and PAIR_RADIUS (0.22, the big
+# band's lower end: a pair holds at most the smallest big object) are unchanged.
 SIZE_BANDS = {"small": (0.14, 0.16), "medium": (0.18, 0.20), "big": (0.22, 0.24)}
 NAMED_SIZES = ("small", "big")
 # Version 2's room rule: an object grown to the largest big radius about its centre keeps
@@ -232,11 +233,8 @@ def fits(size: str, center: tuple[float, float], world: int = 1, shape: str = "c
     draws: its bounding box at least the edge margin inside every edge (world 2: at every radius of
     the size's band, so the band's largest; a triangle's box reaches above its square, ``extent``)."""
     _check_world(world)
-    if world == 1:
-        radius, margin = SIZES[size], EDGE_MARGIN
-        low, high = radius + margin, 1 - radius - margin
-        return all(low - 1e-9 <= c <= high + 1e-9 for c in center)
-    return _inside(_box(center, shape, SIZE_BANDS[size][1], 2), EDGE_MARGIN_V2)
+    radius, margin = (SIZES[size], EDGE_MARGIN) if world == 1 else (SIZE_BANDS[size][1], EDGE_MARGIN_V2)
+    return _inside(_box(center, shape, radius, world), margin)
 
 
 def fits_grown(objects: list[ShapeObject]) -> bool:

@@ -207,8 +207,7 @@ def test_the_detector_is_right_on_world_2_scenes(world2):
 def test_world_2_draws_every_shape_about_its_centre_of_mass(shape, center):
     """World 2's mask centroid is the object's centre for every shape (its triangle world 1's raised
     a third of a radius, apex to base as tall as it is wide); world 1's triangle keeps its apex and
-    base on the bounding square, its centroid
-    a third of a radius low, and its old pixels."""
+    base on the bounding square, its centroid a third of a radius low, and its old pixels."""
     radius = 0.2
     ys, xs = np.nonzero(render([ShapeObject(shape, "red", "big", center, r=radius)], "white", world=2).masks[0])
     assert abs((xs.mean() + 0.5) / 64 - center[0]) < 0.5 / 64 and abs((ys.mean() + 0.5) / 64 - center[1]) < 0.5 / 64

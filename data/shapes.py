@@ -237,6 +237,12 @@ def fits(size: str, center: tuple[float, float], world: int = 1, shape: str = "c
     return _inside(_box(center, shape, radius, world), margin)
 
 
+def _grown_misses(a: tuple[tuple[float, float], str], b: tuple[tuple[float, float], str, float]) -> bool:
+    """Whether object ``a`` (centre, shape), grown to ``GROWN_RADIUS``, keeps ``GAP_V2`` off object
+    ``b`` (centre, shape, radius) as drawn."""
+    return _clear(_box(a[0], a[1], GROWN_RADIUS, 2), _box(*b, 2), GAP_V2)
+
+
 def fits_grown(objects: list[ShapeObject]) -> bool:
     """World 2's room rule: every object, grown to ``GROWN_RADIUS`` about its own centre, keeps
     ``EDGE_MARGIN_V2`` inside every edge and ``GAP_V2`` off every other object as drawn (bounding
@@ -244,9 +250,8 @@ def fits_grown(objects: list[ShapeObject]) -> bool:
     for i, obj in enumerate(objects):
         if not fits("big", obj.center, world=2, shape=obj.shape):
             return False
-        grown = _box(obj.center, obj.shape, GROWN_RADIUS, 2)
         for j, other in enumerate(objects):
-            if i != j and not _clear(grown, _box(other.center, other.shape, other.radius, 2), GAP_V2):
+            if i != j and not _grown_misses((obj.center, obj.shape), (other.center, other.shape, other.radius)):
                 return False
     return True
 
@@ -267,9 +272,8 @@ def _place_v2(rng: np.random.Generator, shape: str, radius: float, taken: list[S
         center = (float(rng.uniform(left + EDGE_MARGIN_V2, 1 - right - EDGE_MARGIN_V2)),
                   float(rng.uniform(up + EDGE_MARGIN_V2, 1 - down - EDGE_MARGIN_V2)))
         # the new object grown must miss each taken one, and each taken one grown must miss it
-        grown, drawn = _box(center, shape, GROWN_RADIUS, 2), _box(center, shape, radius, 2)
-        if all(_clear(grown, _box(o.center, o.shape, o.radius, 2), GAP_V2)
-               and _clear(_box(o.center, o.shape, GROWN_RADIUS, 2), drawn, GAP_V2) for o in taken):
+        if all(_grown_misses((center, shape), (o.center, o.shape, o.radius))
+               and _grown_misses((o.center, o.shape), (center, shape, radius)) for o in taken):
             return center
     return None
 

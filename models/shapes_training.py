@@ -337,11 +337,21 @@ class TrainState:
     rollbacks: list = field(default_factory=list)
 
 
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW on its foreach kernels, which torch leaves off on the CPU: the per-tensor loop's
+    steps to the bit at a third less time a step (the fused kernel is faster still, but rounds
+    differently, and the shipped model is this recipe's output to the bit)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 def _ema_update(ema: dict[str, torch.Tensor], models: dict[str, torch.nn.Module], decay: float) -> None:
+    # one foreach call per op: the per-tensor loop's result to the bit, with the Python loop gone
+    pairs = [(ema[f"{prefix}.{name}"], p.detach()) for prefix, model in models.items()
+             for name, p in model.named_parameters()]
+    averages, current = [a for a, _ in pairs], [c for _, c in pairs]
     with torch.no_grad():
-        for prefix, model in models.items():
-            for name, p in model.named_parameters():
-                ema[f"{prefix}.{name}"].mul_(decay).add_(p.detach(), alpha=1 - decay)
+        torch._foreach_mul_(averages, decay)
+        torch._foreach_add_(averages, current, alpha=1 - decay)
 
 
 def _ema_init(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -357,16 +367,35 @@ def _load_ema(ema: dict[str, torch.Tensor], models: dict[str, torch.nn.Module]) 
 
 @torch.no_grad()
 def encode_scenes(vae: AutoencoderKL, count: int, batch: int = 250, world: int = 1,
-                  table: SceneTable | None = None) -> torch.Tensor:
+                  table: SceneTable | None = None, share: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Latent means (unscaled, float32) of the training scenes 0..count-1, [count, 4, 16, 16]
-    (from ``table`` when given, else rendered)."""
-    out = []
-    for start in range(0, count, batch):
+    (from ``table`` when given, else rendered).
+
+    ``share`` = (rank, processes): in a data-parallel run with at least as many chunks of ``batch``
+    scenes as processes, each process encodes every ``processes``-th chunk and one all-reduce (a
+    sum with zeros) gives every process the whole tensor: the chunks one process would encode, in
+    the memory layout it would hand on (the VAE's means come out channels-last, and the UNet's
+    bf16 kernels round differently on the two layouts), so the same latents to the bit."""
+    rank, processes = share
+    starts = list(range(0, count, batch))
+    split = processes > 1 and len(starts) >= processes
+    means = {}
+    for start in starts[rank::processes] if split else starts:
         stop = min(count, start + batch)
         pixels = (_pixels(table.images[start:stop]) if table is not None
                   else scenes_batch(list(range(start, stop)), world)[0])
-        out.append(vae.encode(pixels).latent_dist.mean)
-    return torch.cat(out)
+        means[start] = vae.encode(pixels).latent_dist.mean
+    if not split:
+        return torch.cat([means[start] for start in starts])
+    import torch.distributed as dist
+
+    first = next(iter(means.values()))
+    whole = torch.zeros((count, *first.shape[1:]))
+    for start, mean in means.items():
+        whole[start:start + len(mean)] = mean
+    dist.all_reduce(whole)
+    channels_last = first.stride(1) == 1 and first.shape[1] > 1  # as torch.cat of the means would lay them out
+    return whole.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _autocast(enabled: bool):
@@ -426,8 +455,8 @@ def _average(params: list[torch.nn.Parameter], losses: torch.Tensor, processes: 
     dist.all_reduce(flat)
     flat /= processes
     offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+    for p, g in zip(params, grads):  # views of the one reduced buffer: no copy
+        p.grad = flat[offset:offset + g.numel()].view_as(g)
         offset += g.numel()
     return flat[offset:]
 
@@ -497,7 +526,7 @@ def train(
 
     # phase 1: the VAE
     if state.phase == "vae":
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+        optimizer = _adamw(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
         if state.optimizer:
             optimizer.load_state_dict(state.optimizer)
         vae.train()
@@ -561,22 +590,14 @@ def train(
     # phase 2: latents once, then the UNet and text encoder
     vae.eval().requires_grad_(False)
     latents_path = checkpoint_dir / f"latents-{config.latent_scenes}.pt"
-    if processes > 1 and rank != 0:  # the first process encodes the scenes; the others read them
-        import torch.distributed as dist
-
-        dist.barrier()
     if latents_path.is_file():
-        latents = torch.load(latents_path)
+        latents = torch.load(latents_path)["latents"]
     else:
         log.info("encoding %d training scenes", config.latent_scenes)
-        latents = encode_scenes(vae, config.latent_scenes, world=config.world, table=table)
-        _atomic_save({"latents": latents}, latents_path)
-        latents = {"latents": latents}
-    if processes > 1 and rank == 0:
-        import torch.distributed as dist
-
-        dist.barrier()
-    latents = latents["latents"]
+        latents = encode_scenes(vae, config.latent_scenes, world=config.world, table=table,
+                                share=(rank, processes))
+        if rank == 0:
+            _atomic_save({"latents": latents}, latents_path)
     scaling = float(1.0 / latents.std())
     state.scaling_factor = scaling
     captions_cache: dict[int, str] = {}
@@ -629,7 +650,7 @@ def train(
                                     prediction_type="epsilon")
     models = {"unet": unet, "text": text}
     params = list(unet.parameters()) + list(text.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
+    optimizer = _adamw(params, lr=config.unet_lr, weight_decay=0.01)
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
     ema = state.ema or _ema_init(models)

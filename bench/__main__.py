@@ -11,6 +11,7 @@
     python -m bench shapes --blend-sweep [--model DIR] [--seeds 8]   # choose the model's local blend defaults
     python -m bench gpu --out DIR [--budget-s S] [--quick]   # seconds per photo on a GPU, real sizes (issue #32)
     python -m bench train [--seconds 120] [--only NAME,...] [--json]   # the shapes model's training speed levers (#31)
+    python -m bench train --step-costs [--json]   # optimizer and EMA kernels of a training step, and which are exact
 
 Tiny-model rows are repeated (interleaved with their baseline) and report median (min–max).
 On a CPU that other work shares, add --threads 1 (see bench/measure.py).
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="train: wall seconds per configuration")
     parser.add_argument("--only", default=None,
                         help="train: comma-separated starts of configuration names (default: all of bench/train.py)")
+    parser.add_argument("--step-costs", action="store_true",
+                        help="train: the optimizer step and EMA update of a UNet step, per-tensor loop against "
+                             "torch's foreach and fused kernels, and which give the loop's weights to the bit")
     parser.add_argument("--jobs", type=int, default=8, help="dataset: jobs in the manifest")
     parser.add_argument("--models", default=None,
                         help="comma-separated: tiny, tiny-xl, sd15 (random-weight SD 1.5), sdxl (random-weight SDXL "
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "train":
         from bench.train import bench_train, print_train
 
+        if args.step_costs:
+            from bench.train import bench_step_costs, print_step_costs
+
+            rows = bench_step_costs()
+            print(json.dumps({"rows": rows}, indent=2) if args.json else print_step_costs(rows), flush=True)
+            return
         rows = bench_train(args.seconds, [o.strip() for o in args.only.split(",")] if args.only else None)
         print(json.dumps({"rows": rows}, indent=2) if args.json else print_train(rows), flush=True)
         return

@@ -344,8 +344,10 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def _ema_update(ema: dict[str, torch.Tensor], models: dict[str, torch.nn.Module], decay: float) -> None:
-    # one foreach call per op: the per-tensor loop's result to the bit, with the Python loop gone
+def ema_update(ema: dict[str, torch.Tensor], models: dict[str, torch.nn.Module], decay: float) -> None:
+    """Move each moving average (``ema["<model key>.<parameter name>"]``, its parameter's shape)
+    to ``decay`` × itself + (1 − ``decay``) × the parameter, in place: one foreach call per op,
+    the per-tensor loop's result to the bit."""
     pairs = [(ema[f"{prefix}.{name}"], p.detach()) for prefix, model in models.items()
              for name, p in model.named_parameters()]
     averages, current = [a for a, _ in pairs], [c for _, c in pairs]
@@ -711,7 +713,7 @@ def train(
             state.losses.setdefault(name, []).append(round(value, 6))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        _ema_update(ema, models, min(config.ema_decay, (1 + state.step) / (10 + state.step)))
+        ema_update(ema, models, min(config.ema_decay, (1 + state.step) / (10 + state.step)))
         state.step += 1
         done_total += 1
         if _agree_stop(progress is not None

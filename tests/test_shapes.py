@@ -380,6 +380,60 @@ def test_two_processes_train_the_one_process_run(tmp_path):
                        checkpoint_dir=tmp_path / "ck3")
 
 
+def test_two_processes_keep_the_latents_one_process_encodes(tmp_path):
+    """Each of two processes encodes every other chunk of 250 training scenes; the latents the run
+    keeps are one process's encoding to the bit and in its memory layout (the UNet's bf16 kernels
+    round differently on another), so splitting the work changes nothing the model learns."""
+    import torch
+
+    from models.shapes_training import TrainConfig, build_models, build_scene_table, encode_scenes, train_parallel
+    from models.tokenizer import build_clip_tokenizer
+
+    config = TrainConfig(**dict(SCHEDULED, latent_scenes=600, unet_steps=1))
+    train_parallel(tmp_path / "m", config, processes=2, checkpoint_dir=tmp_path / "ck", resume=False)
+    kept = torch.load(tmp_path / "ck" / "latents-600.pt")["latents"]
+    vae, _, _ = build_models(config.seed, config.text_layers, config.unet_channels)
+    vae.load_state_dict(torch.load(tmp_path / "ck" / "state.pt", weights_only=False)["vae"])
+    alone = encode_scenes(vae.eval(), 600, world=2, table=build_scene_table(600, 2, build_clip_tokenizer()))
+    assert kept.stride() == alone.stride() and torch.equal(kept, alone)
+    assert kept[250:500].abs().sum() > 0  # the second process's chunk arrived
+
+
+def test_the_optimizer_and_the_ema_step_as_the_per_tensor_loops_do():
+    """The foreach AdamW and EMA the loop runs give the per-tensor loops' weights to the bit (the
+    shipped model was trained with those loops; the fused AdamW, faster still, would not)."""
+    import torch
+
+    from models.shapes_training import _adamw, ema_update, build_models
+
+    def weights():
+        _, unet, text = build_models(0, 0, (32, 64))
+        return {"unet": unet, "text": text}
+
+    ours, loops = weights(), weights()
+    params = [[p for m in models.values() for p in m.parameters()] for models in (ours, loops)]
+    optimizers = [_adamw(params[0], lr=5e-4, weight_decay=0.01),
+                  torch.optim.AdamW(params[1], lr=5e-4, weight_decay=0.01, foreach=False)]
+    ema = [{f"{k}.{n}": p.detach().clone() for k, m in models.items() for n, p in m.named_parameters()}
+           for models in (ours, loops)]
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in params[0]]
+        for group, optimizer in zip(params, optimizers):
+            for p, g in zip(group, grads):
+                p.grad = g.clone()
+            optimizer.param_groups[0]["lr"] = 5e-4 * (step + 1) / 3
+            optimizer.step()
+        ema_update(ema[0], ours, 0.9)
+        with torch.no_grad():
+            for k, m in loops.items():
+                for n, p in m.named_parameters():
+                    ema[1][f"{k}.{n}"].mul_(0.9).add_(p.detach(), alpha=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(*params))
+    assert all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])
+    assert not all(torch.equal(a, b.detach()) for a, b in zip(params[0], weights()["unet"].parameters()))
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--vae-steps", "0"], "--vae-steps"),
     (["--unet-steps", "nan"], "--unet-steps"),

@@ -43,3 +43,20 @@ def test_the_command_registers_train(capsys, monkeypatch):
          "vae_steps_per_s": 1.0, "unet_s_per_step": 0.5, "unet_steps_per_s": 2.0}])
     cli.main(["train", "--seconds", "7", "--only", "baseline,2 threads"])
     assert "| ['baseline', '2 threads'] 7.0 | 1 × 1 | 32 | 1.0 | 1.0 | 0.5 | 2.0 |" in capsys.readouterr().out
+
+
+def test_step_costs_time_each_kernel_and_say_which_gives_the_loops_weights(capsys):
+    """`bench train --step-costs`: the per-tensor loop is its own reference, foreach matches it to
+    the bit (the recipe uses it), fused rounds differently (why the recipe does not)."""
+    import bench.__main__ as cli
+    from bench.train import bench_step_costs
+
+    rows = bench_step_costs(repeats=1)
+    exact = {(r["part"], r["kernel"]): r["bit_equal"] for r in rows}
+    assert exact == {("AdamW step", "per-tensor loop"): True, ("AdamW step", "foreach"): True,
+                     ("AdamW step", "fused"): False, ("EMA update", "per-tensor loop"): True,
+                     ("EMA update", "foreach"): True}
+    assert all(r["ms"] > 0 for r in rows)
+    cli.main(["train", "--step-costs"])
+    out = capsys.readouterr().out
+    assert "| per UNet step | kernel | ms | the loop's weights to the bit |" in out and "| AdamW step | fused |" in out

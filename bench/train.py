@@ -173,7 +173,8 @@ def bench_step_costs(repeats: int = 20) -> list[dict]:
         ends[name] = params
         rows.append({"part": "AdamW step", "kernel": name, "ms": _timed_ms(optimizer.step, repeats),
                      "bit_equal": all(torch.equal(a, b) for a, b in zip(params, ends["per-tensor loop"]))})
-    averages = {name: [p.detach().clone() for p in reference] for name in ("per-tensor loop", "foreach")}
+    start = [torch.randn(p.shape, generator=gen) for p in reference]  # away from the weights, so each update moves it
+    averages = {name: [a.clone() for a in start] for name in ("per-tensor loop", "foreach")}
 
     def loop() -> None:
         with torch.no_grad():
